@@ -1,0 +1,165 @@
+"""The ``analog-ep`` command line. Every command exits non-zero with a one-line reason on bad
+input; ``--json`` puts one JSON object on the last line of stdout."""
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Symmetric neural networks as analog circuits: export SPICE netlists, emulate "
+                       "Equilibrium Propagation training, and compare SPICE with the emulator.")
+
+
+class Phase(str, Enum):
+    free = "free"
+    nudged = "nudged"
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    from .spice.units import parse_value
+
+    try:
+        return [parse_value(t) for t in text.split(",") if t.strip()]
+    except ValueError as e:
+        _fail(f"{what}: {e}")
+
+
+def _user_errors():
+    from .circuit.ir import CircuitError
+    from .spice.ngspice import SpiceError
+    from .spice.parser import NetlistError
+
+    return (CircuitError, NetlistError, SpiceError, ValueError, KeyError, OSError)
+
+
+def _guard(fn):
+    """Turn user errors into one line and exit status 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            _fail(msg)
+    return wrapper
+
+
+def load_graph(path: Path):
+    """A GraphML (or GML) file as a networkx graph."""
+    import networkx as nx
+
+    if not path.exists():
+        raise FileNotFoundError(f"no such graph file: {path}")
+    try:
+        return nx.read_gml(path) if path.suffix.lower() == ".gml" else nx.read_graphml(path)
+    except Exception as e:  # networkx raises many parser-specific types
+        raise ValueError(f"cannot read graph {path}: {e}") from e
+
+
+@app.command()
+@_guard
+def export(
+    layers: Optional[str] = typer.Option(None, help="Layer sizes, e.g. 784,100,10 (inputs become +/-x source pairs)."),
+    graph: Optional[Path] = typer.Option(None, help="GraphML/GML file: nodes with 'role' (input|bias|hidden|output) "
+                                                    "and 'v' for inputs/biases; edges with signed 'weight' in siemens."),
+    output: Path = typer.Option(..., "-o", "--output", help="Deck file to write."),
+    seed: int = typer.Option(0, help="Seed of the random conductances and the default input pattern."),
+    phase: Phase = typer.Option(Phase.free, help="free, or nudged (adds beta conductances to target sources)."),
+    target: Optional[str] = typer.Option(None, help="Nudged phase: comma-separated target voltages, one per output."),
+    beta: float = typer.Option(1e-6, help="Nudged phase: nudge conductance in siemens."),
+    amplifier_gain: Optional[float] = typer.Option(None, help="Bidirectional amplifiers of this gain between layers."),
+    diode: str = typer.Option("1e-14,1", help="Clamp diodes: 'IS,N', 'IS,N,RS', 'ideal' or 'none'."),
+    g_init: str = typer.Option("1e-7,1e-5", help="Range of the initial conductances, siemens: low,high."),
+    inputs: Optional[str] = typer.Option(None, help="Input voltages, comma-separated (default: random in [0,1])."),
+    norton: bool = typer.Option(False, help="Fold input sources into Norton equivalents (same voltages, much faster SPICE)."),
+    pyspice: bool = typer.Option(False, help="Build the deck through PySpice's Circuit API instead of plain text."),
+):
+    """Write a SPICE deck (ngspice syntax) of a layered or graph network."""
+    from .circuit import DiodeModel, from_graph, layered
+    from .circuit.transforms import fold_sources
+    from .spice.netlist import save_deck
+
+    if (layers is None) == (graph is None):
+        _fail("give exactly one of --layers or --graph")
+    dmodel = None if diode.strip().lower() == "none" else DiodeModel.parse(diode)
+    if layers is not None:
+        lo_hi = _floats(g_init, "--g-init")
+        if len(lo_hi) != 2:
+            _fail("--g-init: expected low,high")
+        circuit = layered(layers, seed=seed, amplifier_gain=amplifier_gain, diode=dmodel, g_init=tuple(lo_hi),
+                          inputs=None if inputs is None else _floats(inputs, "--inputs"))
+    else:
+        if amplifier_gain is not None or inputs is not None:
+            _fail("--amplifier-gain and --inputs apply to --layers; set graph inputs with the nodes' 'v'")
+        circuit = from_graph(load_graph(graph), diode=dmodel)
+    if phase is Phase.nudged:
+        if target is None:
+            _fail("--phase nudged needs --target y1,y2,...")
+        circuit = circuit.nudged(_floats(target, "--target"), beta)
+    elif target is not None:
+        _fail("--target needs --phase nudged")
+    if norton:
+        circuit = fold_sources(circuit)
+    circuit = circuit.replace(meta=dict(circuit.meta, command="analog-ep " + " ".join(sys.argv[1:])))
+    if pyspice:
+        from .spice.pyspice import to_pyspice
+
+        output.write_text(str(to_pyspice(circuit)))
+    else:
+        save_deck(circuit, output)
+    typer.echo(f"wrote {output}: {circuit.summary()}", err=True)
+
+
+@app.command()
+@_guard
+def check(deck: Path = typer.Argument(..., help="SPICE deck to validate.")):
+    """Parse and validate a deck without running it; print what it contains."""
+    from .spice.parser import read_deck
+
+    circuit = read_deck(deck)
+    typer.echo(f"{deck}: ok: {circuit.summary()}")
+
+
+@app.command()
+@_guard
+def spice(
+    deck: Path = typer.Argument(..., help="SPICE deck (validated first; decks with .control etc. are refused)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
+    timeout: float = typer.Option(900.0, help="Seconds before ngspice is stopped."),
+):
+    """Run the DC operating point of a deck in ngspice and print the node voltages."""
+    from .spice.ngspice import run_op
+    from .spice.parser import read_deck
+
+    circuit = read_deck(deck)
+    op = run_op(circuit, timeout=timeout)
+    for note in op.notes:
+        typer.echo(f"ngspice: {note}", err=True)
+    if as_json:
+        typer.echo(json.dumps(dict(deck=str(deck), node_voltages=op.node_voltages, seconds=op.seconds,
+                                   analysis_seconds=op.analysis_seconds, options=op.options, notes=op.notes)))
+    else:
+        typer.echo(f"{deck}: {circuit.summary()}")
+        typer.echo(f"ngspice {op.seconds:.3f} s, options: " + " ".join(f"{k}={v}" for k, v in op.options.items()))
+        for name in circuit.nodes:
+            typer.echo(f"{name:>16s} {op.node_voltages[name]: .12g} V")
+
+
+def main() -> None:
+    app(prog_name="analog-ep")
+
+
+if __name__ == "__main__":
+    main()

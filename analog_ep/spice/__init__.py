@@ -1,0 +1,7 @@
+"""SPICE side: deck export, validated deck import, ngspice runner, PySpice bridge."""
+from .netlist import DEFAULT_OPTIONS, save_deck, write_deck
+from .parser import NetlistError, parse_deck, read_deck
+from .ngspice import OperatingPoint, SpiceError, run_op
+
+__all__ = ["DEFAULT_OPTIONS", "save_deck", "write_deck", "NetlistError", "parse_deck", "read_deck",
+           "OperatingPoint", "SpiceError", "run_op"]

@@ -1,0 +1,114 @@
+"""The SPICE backend against ngspice itself (these tests need the ngspice binary)."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+from typer.testing import CliRunner
+
+from analog_ep.circuit import layered
+from analog_ep.circuit.transforms import fold_sources
+from analog_ep.cli import app
+from analog_ep.spice import SpiceError, parse_deck, read_deck, run_op
+from analog_ep.circuit.constants import THERMAL_VOLTAGE
+from analog_ep.spice.pyspice import from_pyspice, to_pyspice
+
+from .conftest import NETLISTS
+
+pytestmark = pytest.mark.spice
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("path", NETLISTS, ids=[p.name for p in NETLISTS])
+def test_every_golden_deck_runs_in_ngspice(path):
+    c = read_deck(path)
+    op = run_op(c)
+    assert set(op.node_voltages) == set(c.nodes)
+    assert all(math.isfinite(v) for v in op.node_voltages.values())
+    assert op.notes == []  # no gmin/source stepping needed
+
+
+def test_divider_is_exact():
+    op = run_op(read_deck(NETLISTS[0].parent / "divider.cir"))
+    assert op.node_voltages["mid"] == pytest.approx(2.2 / 3.2, abs=1e-12)
+    # element currents: the source delivers what the resistors carry (SPICE sign: into +)
+    assert op.currents["V1"] == pytest.approx(-1.0 / 3200, rel=1e-9)
+    assert op.currents["R1"] == pytest.approx(1.0 / 3200, rel=1e-9)
+
+
+def test_diode_clamp_matches_shockley():
+    op = run_op(read_deck(NETLISTS[0].parent / "diode_clamp.cir"))
+    gmin = 1e-15
+    f = lambda v: (2.0 - v) / 1e4 - 1e-14 * math.expm1((v - 0.5) / THERMAL_VOLTAGE) - gmin * (v - 0.5)
+    assert op.node_voltages["out"] == pytest.approx(brentq(f, 0.5, 2.0, xtol=1e-15), abs=1e-12)
+
+
+def test_norton_folding_keeps_voltages():
+    c = layered("16,8,4", seed=3, amplifier_gain=2.0)
+    a, b = run_op(c).vector(c), run_op(fold_sources(c)).vector(c)
+    np.testing.assert_allclose(a, b, atol=1e-9)
+
+
+def test_pyspice_export_and_import_round_trip():
+    c = layered("3,2,2", seed=1, amplifier_gain=2.0)
+    pc = to_pyspice(c)
+    c2 = from_pyspice(pc)
+    np.testing.assert_allclose(run_op(c2).vector(c), run_op(c).vector(c), atol=1e-12)
+
+
+def test_floating_node_is_a_clear_error():
+    c = parse_deck("* floating\nV1 a 0 1\nR1 a b 1k\nR2 c d 1k\n.op\n.end\n")
+    with pytest.raises(SpiceError, match="singular|no operating point"):
+        run_op(c)
+
+
+def test_conflicting_sources_fail_cleanly():
+    # two amplifiers driving one node are refused by the IR before ngspice is reached
+    with pytest.raises(Exception, match="amplifier|driven"):
+        parse_deck("* t\nV1 a 0 1\nEa s1 0 a 0 2\nVa s1 b 0\nFa a 0 Va 2\nEb s2 0 a 0 3\nVb s2 b 0\nFb a 0 Vb 3\nR1 b 0 1k\n.end\n")
+
+
+def test_timeout_becomes_spice_error():
+    with pytest.raises(SpiceError, match="timed out"):
+        run_op(layered("784,50,10", seed=0), timeout=0.01)
+
+
+def test_cli_spice_json(tmp_path):
+    deck = tmp_path / "k.cir"
+    assert runner.invoke(app, ["export", "--layers", "4,3,2", "--amplifier-gain", "2", "-o", str(deck)]).exit_code == 0
+    res = runner.invoke(app, ["spice", str(deck), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(out["node_voltages"]) == set(read_deck(deck).nodes)
+    assert out["seconds"] > 0 and out["options"]["reltol"] == "1e-9"
+
+
+def test_cli_spice_refuses_control_block_and_never_runs_it(tmp_path):
+    marker = tmp_path / "pwned"
+    deck = tmp_path / "evil.cir"
+    deck.write_text(f"* evil\nV1 a 0 1\nR1 a 0 1k\n.control\nshell touch {marker}\n.endc\n.op\n.end\n")
+    res = runner.invoke(app, ["spice", str(deck)])
+    assert res.exit_code != 0
+    assert "evil.cir:4:" in res.stderr and ".control" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_kendall_size_deck_runs(tmp_path):
+    """The Kendall et al. 2020 size (2x784 inputs, 100 hidden, 10 outputs), Norton-folded."""
+    deck = tmp_path / "k.cir"
+    assert runner.invoke(app, ["export", "--layers", "784,100,10", "--seed", "0", "--norton", "-o", str(deck)]).exit_code == 0
+    res = runner.invoke(app, ["spice", str(deck), "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout.strip().splitlines()[-1])["node_voltages"]) == len(read_deck(deck).nodes)
+
+
+@pytest.mark.slow
+def test_kendall_size_full_deck_runs_in_ngspice_batch(tmp_path):
+    import subprocess
+    deck = tmp_path / "k.cir"
+    assert runner.invoke(app, ["export", "--layers", "784,100,10", "--seed", "0", "-o", str(deck)]).exit_code == 0
+    proc = subprocess.run(["ngspice", "-b", str(deck)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0 and "no convergence" not in proc.stdout.lower()
