@@ -54,3 +54,28 @@ def fold_sources(circuit: Circuit) -> Circuit:
         kept.append(CurrentSources("norton_i", nodes, i_sum[nodes]))
     meta = dict(circuit.meta, norton="sources folded into Norton equivalents (same node voltages)")
     return circuit.replace(elements=tuple(kept), meta=meta)
+
+
+def expand_series_resistance(circuit: Circuit) -> Circuit:
+    """Give every diode with RS > 0 an explicit internal node and a conductance 1/RS, as SPICE
+    does inside its diode model, so that solvers only see ideal junctions."""
+    from .ir import Diodes, Role
+
+    nodes, roles, elements = list(circuit.nodes), list(circuit.roles), []
+    for e in circuit.elements:
+        if not isinstance(e, Diodes) or not np.any(e.RS > 0):
+            elements.append(e)
+            continue
+        series = np.flatnonzero(e.RS > 0)
+        inner = []
+        for k in series:
+            nodes.append(f"{e.name}_{k}_rs")
+            roles.append(Role.INTERNAL)
+            inner.append(len(nodes) - 1)
+        anode = e.anode.copy()
+        anode[series] = inner
+        elements.append(Conductances(f"{e.name}_rs", e.anode[series], inner, 1.0 / e.RS[series], trainable=False))
+        elements.append(Diodes(e.name, anode, e.cathode, e.IS, e.N, np.zeros_like(e.RS), e.ideal, e.names, e.models))
+    if len(nodes) == len(circuit.nodes):
+        return circuit
+    return Circuit(tuple(nodes), tuple(roles), tuple(elements), circuit.title, circuit.meta)

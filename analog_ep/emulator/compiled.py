@@ -1,0 +1,244 @@
+"""A Circuit turned into tensors: what the energy, the solvers and the EP rule work on.
+
+Node voltages are expressed through a *root* vector ``ext = [s | u | 0]``: ``s`` the free node
+voltages (the unknowns), ``u`` the source voltages (per sample: inputs, biases, targets) and
+ground. Every node n is ``gain[n] * ext[root[n]]``; amplifier outputs are nodes whose root is
+their input's root, which is exactly the amplifier's lossless change of variable.
+
+Conductances, diode parameters, amplifier gains and source voltages live in ``params`` (torch
+tensors) so that EP can differentiate the energy with respect to any of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import torch
+
+from ..circuit.constants import THERMAL_VOLTAGE
+from ..circuit.ir import Amplifiers, Circuit, CircuitError, Conductances, CurrentSources, Diodes, Nudges, Role, VoltageSources
+from ..circuit.transforms import expand_series_resistance
+
+
+@dataclass
+class Block:
+    """One conductance group: dense (a: rows, b: cols, g: (m, n)) or sparse (a, b, g: (k,))."""
+
+    name: str  # parameter key in Compiled.params
+    a: torch.Tensor
+    b: torch.Tensor
+    dense: bool
+
+
+@dataclass
+class DiodeGroup:
+    name: str
+    anode: torch.Tensor
+    cathode: torch.Tensor
+    ideal: bool
+
+
+@dataclass
+class Compiled:
+    circuit: Circuit
+    dtype: torch.dtype
+    device: torch.device
+    free: list[int]  # node index of each free voltage s_k
+    sources: list[int]  # node index of each source voltage u_k
+    root: torch.Tensor  # (n_nodes,) index into ext = [s | u | 0]
+    amp_chain: list[tuple[torch.Tensor, torch.Tensor, str, torch.Tensor]]  # (out, inp, param key, index) by depth
+    params: dict[str, torch.Tensor]
+    blocks: list[Block]
+    currents: list[tuple[torch.Tensor, str]]
+    diodes: list[DiodeGroup]
+    outputs: torch.Tensor  # node indices of the OUTPUT nodes (nudged in EP)
+    colours: list[torch.Tensor]  # partition of range(n_free) into non-interacting sets
+    gmin: float  # conductance across every junction, as SPICE adds it
+    vt: float = THERMAL_VOLTAGE
+    trainable: list[str] = field(default_factory=list)
+
+    @property
+    def n_free(self) -> int:
+        return len(self.free)
+
+    @property
+    def n_src(self) -> int:
+        return len(self.sources)
+
+    def source_values(self, batch: int = 1) -> torch.Tensor:
+        """The circuit's own source voltages, repeated over a batch: (batch, n_src)."""
+        return self.params["u"].expand(batch, -1).clone()
+
+    def inputs_to_sources(self, x: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
+        """Source matrix (B, n_src) whose input sources are set from ``x`` (B, n_in).
+
+        With ``names``, x's columns are those node names; otherwise a layered circuit's inputs
+        (x{i}p = +x_i, x{i}n = -x_i)."""
+        x = torch.as_tensor(x, dtype=self.dtype, device=self.device)
+        x = x.reshape(1, -1) if x.ndim == 1 else x
+        u = self.source_values(x.shape[0])
+        pos = {self.circuit.nodes[n]: k for k, n in enumerate(self.sources)}
+        if names is not None:
+            cols = [pos[n] for n in names]
+            u[:, cols] = x
+            return u
+        n_in = x.shape[1]
+        try:
+            p = [pos[f"x{i}p"] for i in range(n_in)]
+            m = [pos[f"x{i}n"] for i in range(n_in)]
+        except KeyError:
+            raise CircuitError(f"the circuit has no x{{i}}p/x{{i}}n input pairs for {n_in} inputs; pass names=") from None
+        u[:, p] = x
+        u[:, m] = -x
+        return u
+
+    def node_gain(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """gain[n] of every node: 1, or the product of amplifier gains along its chain."""
+        params = self.params if params is None else params
+        gain = torch.ones(len(self.circuit.nodes), dtype=self.dtype, device=self.device)
+        for out, inp, key, idx in self.amp_chain:
+            gain = gain.index_put((out,), params[key][idx] * gain[inp])
+        return gain
+
+    def voltages(self, s: torch.Tensor, u: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        """All node voltages (B, n_nodes) from free voltages s (B, n_free) and sources u (B, n_src)."""
+        gain = self.node_gain() if gain is None else gain
+        zero = torch.zeros(s.shape[0], 1, dtype=s.dtype, device=s.device)
+        ext = torch.cat([s, u.expand(s.shape[0], -1), zero], dim=1)
+        return ext[:, self.root] * gain
+
+    def to_circuit(self) -> Circuit:
+        """The circuit with the present conductance values (e.g. after training)."""
+        values = {b.name[2:]: self.params[b.name].detach().cpu().double().numpy() for b in self.blocks
+                  if b.name.startswith("g:") and b.name[2:] in {g.name for g in self.circuit.groups(Conductances)}}
+        return self.circuit.with_conductances(values)
+
+
+def _colouring(n_free: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """Colour the free-node coupling graph: a bipartite graph (a layered net) gets its two
+    sides, anything else networkx's greedy colouring."""
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n_free))
+    for a, b in edges:
+        graph.add_edges_from(zip(a.tolist(), b.tolist()))
+    if nx.is_bipartite(graph):
+        side = nx.bipartite.color(graph)
+        colour = [side[i] for i in range(n_free)]
+    else:
+        greedy = nx.greedy_color(graph, strategy="largest_first")
+        colour = [greedy[i] for i in range(n_free)]
+    colour = np.asarray(colour, dtype=np.int64) if n_free else np.zeros(0, dtype=np.int64)
+    return [np.flatnonzero(colour == c) for c in np.unique(colour)]
+
+
+def compile_circuit(circuit: Circuit, *, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
+                    gmin: float = 0.0) -> Compiled:
+    """Tensors of ``circuit`` for the emulator. ``gmin`` adds SPICE's junction conductance
+    across every diode (use the deck's gmin when comparing with ngspice)."""
+    circuit = expand_series_resistance(circuit)
+    device = torch.device(device)
+    n_nodes = len(circuit.nodes)
+    free = circuit.free_nodes()
+    sources = circuit.source_node_list()
+    dep = circuit.dependent_map()
+    slot = {n: k for k, n in enumerate(free)}
+    slot.update({n: len(free) + k for k, n in enumerate(sources)})
+    ground_slot = len(free) + len(sources)
+    slot[0] = ground_slot
+    root = np.array([slot[dep[n][0]] if n in dep else slot[n] for n in range(n_nodes)], dtype=np.int64)
+    t = lambda a, dt=dtype: torch.as_tensor(np.array(a), dtype=dt, device=device)
+    params: dict[str, torch.Tensor] = {}
+
+    u = np.zeros(len(sources))
+    for g in circuit.groups(VoltageSources):
+        for n, v in zip(g.node, g.v):
+            u[sources.index(int(n))] = v
+    params["u"] = t(u)
+
+    # amplifier chains, resolved depth by depth so gains compose (and stay differentiable)
+    direct = {}
+    for g in circuit.groups(Amplifiers):
+        params[f"a:{g.name}"] = t(g.gain)
+        for k, (i, o) in enumerate(zip(g.inp.tolist(), g.out.tolist())):
+            direct[o] = (i, f"a:{g.name}", k)
+    depth = {}
+    def _depth(n):
+        if n not in depth:
+            depth[n] = 0 if n not in direct else 1 + _depth(direct[n][0])
+        return depth[n]
+    amp_chain = []
+    for d in sorted({_depth(o) for o in direct}):
+        level = [o for o in direct if depth[o] == d]
+        for key in sorted({direct[o][1] for o in level}):
+            outs = [o for o in level if direct[o][1] == key]
+            amp_chain.append((t(outs, torch.long), t([direct[o][0] for o in outs], torch.long), key,
+                              t([direct[o][2] for o in outs], torch.long)))
+
+    blocks, trainable, coupling = [], [], []
+    is_free = lambda nodes: root[nodes] < len(free)
+
+    def add_block(key, a, b, g, dense, train):
+        params[key] = t(g)
+        blocks.append(Block(key, t(a, torch.long), t(b, torch.long), dense))
+        if train:
+            trainable.append(key)
+        ra, rb = np.broadcast_arrays(root[a][:, None], root[b][None, :]) if dense else (root[a], root[b])
+        ra, rb = ra.ravel(), rb.ravel()
+        both = (ra < len(free)) & (rb < len(free)) & (ra != rb)
+        coupling.append((ra[both], rb[both]))
+
+    for g in circuit.groups(Conductances):
+        if g.dense and (len(set(is_free(g.a.ravel()))) > 1 or len(set(is_free(g.b.ravel()))) > 1):
+            a, b, gv = g.edges()  # mixed free/fixed rows or columns: use the sparse path
+            add_block(f"g:{g.name}", a, b, gv, False, g.trainable)
+        elif g.dense:
+            add_block(f"g:{g.name}", g.a.ravel(), g.b.ravel(), g.g, True, g.trainable)
+        else:
+            add_block(f"g:{g.name}", g.a, g.b, g.g, False, g.trainable)
+    for g in circuit.groups(Nudges):
+        add_block(f"g:{g.name}", g.node, g.target, g.beta, False, False)
+    diodes = []
+    for g in circuit.groups(Diodes):
+        ra, rc = root[g.anode], root[g.cathode]
+        if np.any(ra == rc):
+            raise CircuitError(f"diodes {g.name!r}: both terminals depend on the same node")
+        if g.ideal and np.any((ra < len(free)) & (rc < len(free))):
+            raise CircuitError(f"ideal clamps {g.name!r}: each must join a free node to a fixed one "
+                               "(use Shockley diodes between two free nodes)")
+        params[f"IS:{g.name}"], params[f"N:{g.name}"] = t(g.IS), t(g.N)
+        diodes.append(DiodeGroup(g.name, t(g.anode, torch.long), t(g.cathode, torch.long), g.ideal))
+        both = (ra < len(free)) & (rc < len(free))
+        coupling.append((ra[both], rc[both]))
+        if gmin > 0 and not g.ideal:
+            add_block(f"gmin:{g.name}", g.anode, g.cathode, np.full(len(g), gmin), False, False)
+    currents = []
+    for g in circuit.groups(CurrentSources):
+        params[f"I:{g.name}"] = t(g.i)
+        currents.append((t(g.node, torch.long), f"I:{g.name}"))
+
+    floating = _floating(circuit, root, len(free))
+    if floating:
+        raise CircuitError(f"free nodes with no conductive path to a source or ground: {floating[:5]}")
+    colours = [t(c, torch.long) for c in _colouring(len(free), coupling)]
+    outputs = t(circuit.nodes_with_role(Role.OUTPUT), torch.long)
+    return Compiled(circuit, dtype, device, free, sources, t(root, torch.long), amp_chain, params, blocks,
+                    currents, diodes, outputs, colours, gmin, trainable=trainable)
+
+
+def _floating(circuit: Circuit, root: np.ndarray, n_free: int) -> list[str]:
+    """Free nodes whose energy is not strictly convex: no resistive path to a fixed node.
+    (Diodes count as conductive: SPICE's gmin and the exponential make them so.)"""
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n_free + 1))  # n_free stands for "any fixed node"
+    clip = lambda r: np.minimum(r, n_free)
+    for g in circuit.groups(Conductances):
+        a, b, gv = g.edges()
+        keep = gv > 0
+        graph.add_edges_from(zip(clip(root[a][keep]).tolist(), clip(root[b][keep]).tolist()))
+    for g in circuit.groups(Nudges):
+        graph.add_edges_from(zip(clip(root[g.node]).tolist(), clip(root[g.target]).tolist()))
+    for g in circuit.groups(Diodes):
+        graph.add_edges_from(zip(clip(root[g.anode]).tolist(), clip(root[g.cathode]).tolist()))
+    grounded = nx.node_connected_component(graph, n_free)
+    return [circuit.nodes[circuit.free_nodes()[k]] for k in range(n_free) if k not in grounded]

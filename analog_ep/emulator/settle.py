@@ -1,0 +1,398 @@
+"""Steady state of a compiled circuit: the energy minimum = the DC operating point.
+
+``settle(cc, u, method=...)`` in the manner of ``odeint``: one entry point, solvers by name,
+tolerances explicit, and a result that always says how converged it is.
+
+* ``bcd`` — exact block coordinate descent over a colouring of the free nodes (a layered net:
+  even/odd layers). Nodes of one colour do not interact, so each is set to its exact optimum
+  given the others: the conductance-weighted mean of its neighbours and sources, then a
+  safeguarded scalar Newton for Shockley diodes, then a clip for ideal clamps.
+* ``transient`` — the physical dynamics C dV/dt = −∂E/∂V (linearly implicit Euler), for finite
+  settling times, optionally with Johnson noise of every conductance at temperature T.
+
+The KCL residual is the energy gradient r = ∂E/∂s (amperes per free node); a settle has
+converged when |r_i| ≤ atol + rtol · D_i · V_scale for every node, where D_i is the node's total
+conductance and V_scale the largest source voltage: rtol is a relative voltage error.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from ..circuit.constants import BOLTZMANN
+from .compiled import Compiled
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+_EXP_MAX = 40.0  # diode exponent beyond which the I-V curve is continued linearly in Newton
+
+
+class ConvergenceError(RuntimeError):
+    """A settle stopped before its tolerance; the partial result is attached."""
+
+    def __init__(self, message: str, result: "SettleResult"):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class SettleResult:
+    s: torch.Tensor  # free node voltages (B, n_free)
+    u: torch.Tensor  # source voltages (B, n_src)
+    residual: float  # max |KCL residual| over nodes and samples, amperes
+    rel_residual: float  # max |r_i| / (D_i V_scale)
+    iterations: int
+    converged: bool
+    method: str
+    seconds: float
+    cc: Compiled
+
+    @property
+    def V(self) -> torch.Tensor:
+        """All node voltages (B, n_nodes) in the compiled circuit's node order (which adds the
+        internal nodes of diodes with series resistance at the end)."""
+        return self.cc.voltages(self.s, self.u)
+
+    def voltages_of(self, names) -> torch.Tensor:
+        """Voltages (B, len(names)) of the named nodes."""
+        nodes = self.cc.circuit.nodes
+        return self.V[:, [nodes.index(n) for n in names]]
+
+
+@dataclass
+class _Ops:
+    D: torch.Tensor  # (B or 1, n_free) total conductance seen by each free root
+    f_fixed: torch.Tensor  # (B, n_free) current from sources through conductances (+ injections)
+    M: torch.Tensor  # sparse CSR (n_free, n_free): positive coupling weights between free roots
+    M_rows: list[torch.Tensor]  # per colour: CSR rows of M
+    ff: tuple  # (ra, rb, γa, γb, g) of free-free elements, for Johnson noise
+    D_fixed: torch.Tensor  # (B or 1, n_free) conductance to fixed nodes, for Johnson noise
+    inc: tuple  # diode incidences (root, κ, IS, nVT, anode node, cathode node, ideal)
+
+
+def _csr(rows, cols, vals, shape):
+    """Sparse CSR matrix from COO triplets (duplicates summed)."""
+    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape, check_invariants=False)
+    return coo.coalesce().to_sparse_csr()
+
+
+def _assemble(cc: Compiled, u: torch.Tensor, beta, target) -> _Ops:
+    """Quadratic part of the energy in the free voltages: D (diagonal), M (free-free
+    couplings) and f_fixed (what the sources push in), plus diode incidences."""
+    nf, p, dev, dt = cc.n_free, cc.params, cc.device, cc.dtype
+    gain = cc.node_gain()
+    root = cc.root
+    B = u.shape[0]
+    ext_u = torch.cat([u, u.new_zeros(B, 1)], dim=1)  # [u | ground], indexed by root - nf
+    D = torch.zeros(nf, dtype=dt, device=dev)
+    D_fix = torch.zeros(nf, dtype=dt, device=dev)
+    f = torch.zeros(B, nf, dtype=dt, device=dev)
+    R, C, W = [], [], []
+    ffa, ffb, ffga, ffgb, ffg = [], [], [], [], []
+    for blk in cc.blocks:
+        g = p[blk.name]
+        ra, rb, ga, gb = root[blk.a], root[blk.b], gain[blk.a], gain[blk.b]
+        fa, fb = ra < nf, rb < nf
+        if blk.dense:  # homogeneous: every row (column) free, or every row (column) fixed
+            fa, fb = bool(fa[0]), bool(fb[0])
+            if fa:
+                D.index_add_(0, ra, ga * ga * g.sum(1))
+            if fb:
+                D.index_add_(0, rb, gb * gb * g.sum(0))
+            if fa and fb:
+                ra2, rb2 = ra[:, None].expand_as(g).reshape(-1), rb[None, :].expand_as(g).reshape(-1)
+                w = (ga[:, None] * gb[None, :] * g).reshape(-1)
+                ffa.append(ra2), ffb.append(rb2), ffga.append(ga[:, None].expand_as(g).reshape(-1))
+                ffgb.append(gb[None, :].expand_as(g).reshape(-1)), ffg.append(g.reshape(-1))
+                R += [ra2, rb2]
+                C += [rb2, ra2]
+                W += [w, w]
+            elif fb and not fa:
+                x = ext_u[:, ra - nf] * ga
+                f.index_add_(1, rb, gb * (x @ g))
+                D_fix.index_add_(0, rb, gb * gb * g.sum(0))
+            elif fa and not fb:
+                x = ext_u[:, rb - nf] * gb
+                f.index_add_(1, ra, ga * (x @ g.T))
+                D_fix.index_add_(0, ra, ga * ga * g.sum(1))
+            continue
+        both = fa & fb
+        same = both & (ra == rb)
+        pair = both & ~same
+        D.index_add_(0, ra[fa], (ga * ga * g)[fa])
+        D.index_add_(0, rb[fb], (gb * gb * g)[fb])
+        if same.any():  # an element between a node and its own amplified copy
+            D.index_add_(0, ra[same], (-2 * ga * gb * g)[same])
+        w = (ga * gb * g)[pair]
+        R += [ra[pair], rb[pair]]
+        C += [rb[pair], ra[pair]]
+        W += [w, w]
+        ffa.append(ra[pair]), ffb.append(rb[pair]), ffga.append(ga[pair]), ffgb.append(gb[pair]), ffg.append(g[pair])
+        oa, ob = fa & ~fb, fb & ~fa
+        f.index_add_(1, ra[oa], (ga * gb * g)[oa] * ext_u[:, rb[oa] - nf])
+        f.index_add_(1, rb[ob], (ga * gb * g)[ob] * ext_u[:, ra[ob] - nf])
+        D_fix.index_add_(0, ra[oa], (ga * ga * g)[oa])
+        D_fix.index_add_(0, rb[ob], (gb * gb * g)[ob])
+    for node, key in cc.currents:
+        r = root[node]
+        m = r < nf
+        f.index_add_(1, r[m], (gain[node] * p[key])[m].expand(B, -1))
+    D = D.expand(B, -1) if B > 1 else D[None]
+    D_fix = D_fix[None]
+    if target is not None and cc.outputs.numel():
+        beta = torch.as_tensor(beta, dtype=dt, device=dev).reshape(-1, 1)
+        r, go = root[cc.outputs], gain[cc.outputs]
+        if bool((r >= nf).any()):
+            raise ValueError("an output node is fixed: it cannot be nudged")
+        D = D.clone().index_add(1, r, (beta * go * go).expand(B, -1))
+        D_fix = D_fix.index_add(1, r, (beta * go * go).expand(-1, r.numel()))
+        f = f.index_add(1, r, beta * go * target)
+    empty = torch.zeros(0, dtype=torch.long, device=dev)
+    rows = torch.cat(R) if R else empty
+    cols = torch.cat(C) if C else empty
+    vals = torch.cat(W) if W else torch.zeros(0, dtype=dt, device=dev)
+    M = _csr(rows, cols, vals, (nf, nf))
+    M_rows = []
+    for colour in cc.colours:
+        pos = torch.full((nf,), -1, dtype=torch.long, device=dev)
+        pos[colour] = torch.arange(colour.numel(), device=dev)
+        keep = pos[rows] >= 0 if rows.numel() else rows.bool()
+        M_rows.append(_csr(pos[rows[keep]], cols[keep], vals[keep], (colour.numel(), nf)))
+    cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
+    ff = (cat(ffa, torch.long), cat(ffb, torch.long), cat(ffga), cat(ffgb), cat(ffg))
+    # diode incidences on free roots: κ = ±gain of the terminal
+    ir, ik, iIS, invt, ian, ica, iid = [], [], [], [], [], [], []
+    for d in cc.diodes:
+        IS, nvt = p[f"IS:{d.name}"], p[f"N:{d.name}"] * cc.vt
+        for term, sign in ((d.anode, 1.0), (d.cathode, -1.0)):
+            r = root[term]
+            m = r < nf
+            ir.append(r[m]), ik.append(sign * gain[term][m]), iIS.append(IS[m]), invt.append(nvt[m])
+            ian.append(d.anode[m]), ica.append(d.cathode[m])
+            iid.append(torch.full((int(m.sum()),), d.ideal, dtype=torch.bool, device=dev))
+    inc = (cat(ir, torch.long), cat(ik), cat(iIS), cat(invt), cat(ian, torch.long), cat(ica, torch.long),
+           cat(iid, torch.bool))
+    return _Ops(D, f, M, M_rows, ff, D_fix, inc)
+
+
+def _diode_iv(v, IS, nvt):
+    """Shockley current and conductance, continued linearly above _EXP_MAX (Newton safeguard:
+    keeps the function convex and finite, and is inactive at any physical solution)."""
+    x = v / nvt
+    e = torch.exp(torch.clamp(x, max=_EXP_MAX))
+    over = torch.clamp(x - _EXP_MAX, min=0.0)
+    return IS * (e * (1 + over) - 1), IS * e / nvt
+
+
+def _field(ops: _Ops, s: torch.Tensor, M: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+    """f = f_fixed + M s: the current each free root receives from everything but itself."""
+    ms = (M @ s.T).T
+    return (ops.f_fixed if cols is None else ops.f_fixed[:, cols]) + ms
+
+
+def residual(cc: Compiled, ops: _Ops, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """KCL residual r = ∂E/∂s (B, n_free), projected where an ideal clamp is active."""
+    r = ops.D * s - _field(ops, s, ops.M)
+    root, kap, IS, nvt, an, ca, ideal = ops.inc
+    if root.numel():
+        V = cc.voltages(s, u)
+        v = V[:, an] - V[:, ca]
+        shock = ~ideal
+        if shock.any():
+            i, _ = _diode_iv(v[:, shock], IS[shock], nvt[shock])
+            r = r.index_add(1, root[shock], kap[shock] * i)
+        if ideal.any():  # an active clamp (v ≈ 0) supplies whatever current pushes outward
+            k = kap[ideal]
+            scale = (V.abs().amax(1, keepdim=True) + 1e-30) * 1e-12
+            at = v[:, ideal] >= -scale
+            push = torch.zeros_like(r).index_add(1, root[ideal], (at & True).to(r.dtype) * torch.sign(k))
+            r = torch.where((push > 0) & (r < 0) | (push < 0) & (r > 0), torch.zeros_like(r), r)
+    return r
+
+
+def _bcd_sweep(cc: Compiled, ops: _Ops, s: torch.Tensor, u: torch.Tensor, inner: int) -> torch.Tensor:
+    root, kap, IS, nvt, an, ca, ideal = ops.inc
+    for c, colour in enumerate(cc.colours):
+        f = _field(ops, s, ops.M_rows[c], colour)
+        Dc = ops.D[:, colour]
+        x = f / Dc
+        if root.numel():
+            pos = torch.full((cc.n_free,), -1, dtype=torch.long, device=s.device)
+            pos[colour] = torch.arange(colour.numel(), device=s.device)
+            mine = pos[root] >= 0
+            if mine.any():
+                loc, k = pos[root[mine]], kap[mine]
+                V = cc.voltages(s, u)
+                w = V[:, an[mine]] - V[:, ca[mine]] - k * s[:, colour[loc]]  # the part not set by this node
+                shock, idl = ~ideal[mine], ideal[mine]
+                if shock.any():
+                    x = s[:, colour].clone()  # warm start: Newton on a convex 1-D problem
+                    ls, ks, ws = loc[shock], k[shock], w[:, shock]
+                    for _ in range(inner):
+                        i, di = _diode_iv(ws + ks * x[:, ls], IS[mine][shock], nvt[mine][shock])
+                        grad = (Dc * x - f).index_add(1, ls, ks * i)
+                        hess = Dc.expand_as(x).index_add(1, ls, ks * ks * di)
+                        x = x - grad / hess
+                if idl.any():  # clamps to fixed nodes: v = κ s + w <= 0 bounds s
+                    li, ki, wi = loc[idl], k[idl], w[:, idl]
+                    bound = -wi / ki
+                    inf = torch.full_like(x, float("inf"))
+                    hi = inf.scatter_reduce(1, li.expand_as(bound), torch.where(ki > 0, bound, float("inf")),
+                                            "amin")
+                    lo = (-inf).scatter_reduce(1, li.expand_as(bound), torch.where(ki < 0, bound, -float("inf")),
+                                               "amax")
+                    x = torch.minimum(torch.maximum(x, lo), hi)
+        s = s.index_copy(1, colour, x)
+    return s
+
+
+def settle(cc: Compiled, u: torch.Tensor | None = None, *, x: torch.Tensor | None = None, beta=0.0,
+           target: torch.Tensor | None = None, method: str = "bcd", s0: torch.Tensor | None = None,
+           rtol: float | None = None, atol: float = 0.0, max_iters: int = 20000, inner: int = 4,
+           check_every: int = 1, on_fail: str = "raise", dt: float | None = None, duration: float | None = None,
+           capacitance: float | torch.Tensor = 1e-12, temperature: float = 0.0,
+           generator: torch.Generator | None = None) -> SettleResult:
+    """Settle the circuit for a batch of source settings.
+
+    u: source voltages (B, n_src), or x: inputs of a layered circuit (B, n_in); neither = the
+    circuit's own sources. beta/target: EP nudge (conductance β, in siemens, from each output to
+    y; β may be per sample). s0: warm start (e.g. the free state for the nudged phase).
+    on_fail: "raise" (ConvergenceError), "warn", or "ignore" — the result says either way.
+    Transient: time step ``dt`` and ``duration`` in seconds, node ``capacitance`` in farads,
+    ``temperature`` in kelvin for Johnson noise (0 = noiseless).
+    """
+    t0 = time.perf_counter()
+    if u is None:
+        u = cc.source_values(1) if x is None else cc.inputs_to_sources(x)
+    u = torch.as_tensor(u, dtype=cc.dtype, device=cc.device)
+    u = u[None] if u.ndim == 1 else u
+    if target is not None:
+        target = torch.as_tensor(target, dtype=cc.dtype, device=cc.device).reshape(u.shape[0], -1)
+    if rtol is None:
+        rtol = 1e-10 if cc.dtype == torch.float64 else 1e-5
+    if on_fail not in ("raise", "warn", "ignore"):
+        raise ValueError(f"on_fail must be raise, warn or ignore, not {on_fail!r}")
+    with torch.no_grad():
+        ops = _assemble(cc, u, beta, target)
+        B = u.shape[0]
+        s = (ops.f_fixed / ops.D).clone() if s0 is None else s0.detach().to(cc.dtype).expand(B, -1).clone()
+        vscale = u.abs().amax(1, keepdim=True).clamp_min(1e-12) if u.numel() else torch.ones(B, 1, dtype=cc.dtype)
+        tol = atol + rtol * ops.D * vscale
+        it, ok, r = 0, False, None
+        if method == "bcd":
+            while it < max_iters:
+                s = _bcd_sweep(cc, ops, s, u, inner)
+                it += 1
+                if it % check_every == 0 or it == max_iters:
+                    r = residual(cc, ops, s, u)
+                    if bool((r.abs() <= tol).all()):
+                        ok = True
+                        break
+        elif method == "newton":
+            while it < max_iters:
+                r = residual(cc, ops, s, u)
+                if bool((r.abs() <= tol).all()):
+                    ok = True
+                    break
+                s = _newton_step(cc, ops, s, u, r, beta, target)
+                it += 1
+        elif method == "transient":
+            if dt is None or duration is None:
+                raise ValueError("method='transient' needs dt and duration (seconds)")
+            cap = torch.as_tensor(capacitance, dtype=cc.dtype, device=cc.device)
+            steps = max(1, int(round(duration / dt)))
+            for it in range(1, steps + 1):
+                s = _transient_step(cc, ops, s, u, dt, cap, temperature, generator)
+            r = residual(cc, ops, s, u)
+            ok = bool((r.abs() <= tol).all())
+        else:
+            raise ValueError(f"unknown method {method!r}: use 'bcd', 'newton' or 'transient'")
+        if r is None:
+            r = residual(cc, ops, s, u)
+        res = float(r.abs().max()) if r.numel() else 0.0
+        rel = float((r.abs() / (ops.D * vscale)).max()) if r.numel() else 0.0
+    result = SettleResult(s, u, res, rel, it, ok, method, time.perf_counter() - t0, cc)
+    if not ok and on_fail != "ignore":
+        msg = (f"settle ({method}) not converged after {it} iterations: max residual {res:.3g} A, "
+               f"relative {rel:.3g} (rtol {rtol:g}, atol {atol:g})")
+        if on_fail == "raise":
+            raise ConvergenceError(msg, result)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    return result
+
+
+def _hessian(cc: Compiled, ops: _Ops, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Dense Hessian ∂²E/∂s² (B, n_free, n_free): conductances plus each diode's I'(v)."""
+    B, nf = s.shape
+    H = torch.diag_embed(ops.D.expand(B, -1)) - ops.M.to_dense()
+    gain, root = cc.node_gain(), cc.root
+    V = cc.voltages(s, u)
+    for d in cc.diodes:
+        if d.ideal:
+            raise ValueError("method='newton' does not handle ideal clamps: use method='bcd'")
+        _, di = _diode_iv(V[:, d.anode] - V[:, d.cathode], cc.params[f"IS:{d.name}"],
+                          cc.params[f"N:{d.name}"] * cc.vt)
+        ra, rc = root[d.anode], root[d.cathode]
+        ka, kc = gain[d.anode], -gain[d.cathode]
+        for r1, k1 in ((ra, ka), (rc, kc)):
+            for r2, k2 in ((ra, ka), (rc, kc)):
+                m = (r1 < nf) & (r2 < nf)
+                if m.any():
+                    flat = (r1[m] * nf + r2[m]).expand(B, -1)
+                    H = H.reshape(B, -1).scatter_add(1, flat, (k1 * k2)[m] * di[:, m]).reshape(B, nf, nf)
+    return H
+
+
+def _newton_step(cc, ops, s, u, r, beta, target):
+    """Damped Newton on the whole free vector, backtracking on the energy (convex)."""
+    from .energy import energy
+
+    step = -torch.linalg.solve(_hessian(cc, ops, s, u), r.unsqueeze(-1)).squeeze(-1)
+    e0 = energy(cc, s, u, beta=beta, target=target)
+    slope = (r * step).sum(1)
+    r0 = r.abs().amax(1)
+    t = torch.ones(s.shape[0], 1, dtype=s.dtype, device=s.device)
+    for _ in range(60):
+        trial = s + t * step
+        e1 = energy(cc, trial, u, beta=beta, target=target)
+        # near the minimum energy differences drown in rounding: a smaller residual is progress too
+        good = (e1 <= e0 + 1e-4 * t[:, 0] * slope) | (residual(cc, ops, trial, u).abs().amax(1) < 0.5 * r0)
+        if bool(good.all()):
+            break
+        t = torch.where(good[:, None], t, t / 2)
+    return s + t * step
+
+
+def _transient_step(cc, ops, s, u, dt, cap, temperature, generator):
+    """One linearly implicit Euler step of C ds/dt = −r(s) (+ Johnson noise currents)."""
+    r = residual(cc, ops, s, u)
+    h = ops.D.expand_as(s)
+    root, kap, IS, nvt, an, ca, ideal = ops.inc
+    if root.numel() and (~ideal).any():
+        V = cc.voltages(s, u)
+        m = ~ideal
+        _, di = _diode_iv(V[:, an[m]] - V[:, ca[m]], IS[m], nvt[m])
+        h = h.index_add(1, root[m], kap[m] ** 2 * di)
+    q = -dt * r
+    if temperature > 0:  # charge noise per step: each conductance g adds current noise of PSD 2kTg... ×2 sides
+        kT = BOLTZMANN * temperature
+        ra, rb, ga, gb, g = ops.ff
+        noise = torch.randn(s.shape, generator=generator, dtype=s.dtype, device=s.device) * torch.sqrt(2 * kT * ops.D_fixed * dt)
+        if g.numel():
+            xi = torch.randn((s.shape[0], g.numel()), generator=generator, dtype=s.dtype, device=s.device)
+            i = xi * torch.sqrt(2 * kT * g * dt)
+            noise = noise.index_add(1, ra, ga * i).index_add(1, rb, -gb * i)
+        q = q + noise
+    s = s + q / (cap + dt * h)
+    if root.numel() and ideal.any():  # ideal clamps: project onto the bounds
+        V = cc.voltages(s, u)
+        k = kap[ideal]
+        w = V[:, an[ideal]] - V[:, ca[ideal]] - k * s[:, root[ideal]]
+        bound = -w / k
+        inf = torch.full_like(s, float("inf"))
+        hi = inf.scatter_reduce(1, root[ideal].expand_as(bound), torch.where(k > 0, bound, float("inf")), "amin")
+        lo = (-inf).scatter_reduce(1, root[ideal].expand_as(bound), torch.where(k < 0, bound, -float("inf")), "amax")
+        s = torch.minimum(torch.maximum(s, lo), hi)
+    return s

@@ -1,0 +1,166 @@
+"""The emulator's settle against ngspice, against its own energy, and its transient/noise modes."""
+import math
+
+import numpy as np
+import networkx as nx
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from analog_ep.circuit import DiodeModel, from_graph, layered
+from analog_ep.circuit.constants import BOLTZMANN
+from analog_ep.circuit.ir import Circuit, Conductances, Diodes, Role, VoltageSources
+from analog_ep.emulator import ConvergenceError, compile_circuit, energy, settle
+from analog_ep.spice import read_deck, run_op
+
+from .conftest import NETLISTS
+
+GMIN = 1e-15  # the decks' .options gmin, modelled by the emulator when comparing
+TOL_V = 1e-6  # agreement bound: 1 µV, at reltol=1e-9 abstol=1e-15 vntol=1e-12
+
+
+def spice_vs_emulator(circuit, method="bcd"):
+    op = run_op(circuit)
+    res = settle(compile_circuit(circuit, gmin=GMIN), method=method, max_iters=5000)
+    return np.abs(res.voltages_of(circuit.nodes)[0].numpy() - op.vector(circuit)).max(), res
+
+
+@pytest.mark.spice
+@pytest.mark.parametrize("path", NETLISTS, ids=[p.name for p in NETLISTS])
+def test_golden_decks_agree_with_ngspice(path):
+    dv, res = spice_vs_emulator(read_deck(path))
+    assert res.converged and dv <= TOL_V
+
+
+@st.composite
+def random_graph_circuit(draw):
+    n_hidden = draw(st.integers(1, 5))
+    n_in = draw(st.integers(1, 3))
+    g = nx.Graph()
+    for i in range(n_in):
+        g.add_node(f"x{i}", role="input", v=draw(st.floats(-1, 1)))
+    g.add_node("b", role="bias", v=draw(st.floats(-1, 1)))
+    for j in range(n_hidden):
+        g.add_node(f"h{j}", role="output" if j == n_hidden - 1 else "hidden")
+    weight = st.floats(1e-6, 1e-4).flatmap(lambda w: st.sampled_from([w, -w]))
+    for j in range(n_hidden):  # every free node reaches a source
+        g.add_edge(f"x{draw(st.integers(0, n_in - 1))}", f"h{j}", weight=draw(weight))
+    for j in range(n_hidden):
+        for k in range(j + 1, n_hidden):
+            if draw(st.booleans()):
+                g.add_edge(f"h{j}", f"h{k}", weight=draw(weight))
+        if draw(st.booleans()):
+            g.add_edge("b", f"h{j}", weight=draw(weight))
+    diode = draw(st.sampled_from([None, DiodeModel(1e-14, 1.0), DiodeModel(1e-12, 1.8), DiodeModel(1e-14, 1.2, 50.0)]))
+    return from_graph(g, diode=diode, clamp=(draw(st.floats(-0.5, 0.2)), draw(st.floats(0.3, 1.0))))
+
+
+@st.composite
+def random_layered_circuit(draw):
+    sizes = [draw(st.integers(1, 6)) for _ in range(draw(st.integers(2, 4)))]
+    gain = draw(st.sampled_from([None, 0.5, 2.0, 4.0]))
+    c = layered(sizes, seed=draw(st.integers(0, 10_000)), amplifier_gain=gain,
+                g_init=(1e-6, 1e-4), diode=draw(st.sampled_from([None, DiodeModel()])),
+                bias=draw(st.booleans()))
+    if draw(st.booleans()):
+        c = c.nudged([draw(st.floats(-1, 1)) for _ in c.nodes_with_role(Role.OUTPUT)], draw(st.floats(1e-7, 1e-4)))
+    return c
+
+
+@pytest.mark.spice
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(random_graph_circuit(), random_layered_circuit()), st.sampled_from(["bcd", "newton"]))
+def test_random_circuits_agree_with_ngspice(circuit, method):
+    if method == "bcd" and any(np.any(d.RS > 0) for d in circuit.groups(Diodes)):
+        method = "newton"
+    dv, res = spice_vs_emulator(circuit, method)
+    assert res.converged
+    assert dv <= TOL_V, f"max |dV| = {dv:.3g} V ({method})"
+
+
+@settings(max_examples=25, deadline=None)
+@given(random_layered_circuit())
+def test_settle_is_a_stationary_point_of_the_energy(circuit):
+    cc = compile_circuit(circuit)
+    res = settle(cc)
+    s = res.s.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(energy(cc, s, res.u).sum(), s)
+    D = torch.tensor([1.0])  # residual scale: amperes vs total node conductance x 1 V
+    assert grad.abs().max() <= 1e-9 * max(float(cc.params["u"].abs().max()), 1.0) * 1e-3 + 1e-15
+    # a perturbation raises the energy: it is the minimum, not just stationary
+    e0 = energy(cc, res.s, res.u)
+    assert bool((energy(cc, res.s + 1e-3 * torch.randn_like(res.s), res.u) > e0).all())
+
+
+def test_batched_inputs_match_single_settles():
+    c = layered("6,5,3", seed=0, g_init=(1e-6, 1e-4))
+    cc = compile_circuit(c)
+    x = torch.rand(4, 6, dtype=torch.float64)
+    batched = settle(cc, x=x)
+    for k in range(4):
+        single = settle(cc, x=x[k:k + 1])
+        torch.testing.assert_close(batched.s[k], single.s[0], rtol=0, atol=1e-12)
+
+
+def test_ideal_clamps_bound_the_nodes():
+    c = layered("8,6,3", seed=0, g_init=(1e-6, 1e-4), diode=DiodeModel(ideal=True), clamp=(0.0, 0.05))
+    cc = compile_circuit(c)
+    res = settle(cc, x=torch.rand(5, 8, dtype=torch.float64))
+    hidden = [cc.free.index(i) for i in c.nodes_with_role(Role.HIDDEN) + c.nodes_with_role(Role.OUTPUT)]
+    s = res.s[:, hidden]
+    assert res.converged and bool((s >= -1e-12).all() and (s <= 0.05 + 1e-12).all())
+    assert bool(((s - 0.05).abs() < 1e-12).any() or (s.abs() < 1e-12).any())  # some clamp is active
+
+
+def test_unconverged_settle_raises_and_reports():
+    c = layered("8,6,3", seed=0, g_init=(1e-6, 1e-4))
+    cc = compile_circuit(c)
+    with pytest.raises(ConvergenceError) as err:
+        settle(cc, max_iters=1, rtol=1e-14)
+    assert err.value.result.iterations == 1 and not err.value.result.converged
+    with pytest.warns(RuntimeWarning, match="not converged"):
+        settle(cc, max_iters=1, rtol=1e-14, on_fail="warn")
+
+
+def test_floating_node_is_refused():
+    nodes = ("0", "x", "a", "b")
+    roles = (Role.GROUND, Role.INPUT, Role.HIDDEN, Role.HIDDEN)
+    c = Circuit(nodes, roles, (VoltageSources("v", [1], [1.0]), Conductances("w", [1], [2], [1e-3])))
+    with pytest.raises(ValueError, match="no conductive path"):
+        compile_circuit(c)
+
+
+def test_float32_settle_close_to_float64():
+    c = layered("20,10,4", seed=1, g_init=(1e-6, 1e-4), amplifier_gain=2.0)
+    x = torch.rand(3, 20, dtype=torch.float64)
+    a = settle(compile_circuit(c), x=x)
+    b = settle(compile_circuit(c, dtype=torch.float32), x=x.float())
+    assert b.s.dtype == torch.float32 and b.converged
+    assert float((a.s - b.s.double()).abs().max()) < 1e-4
+
+
+def test_transient_reaches_the_operating_point():
+    c = layered("6,4,2", seed=0, g_init=(1e-6, 1e-4), diode=DiodeModel())
+    cc = compile_circuit(c)
+    ref = settle(cc)
+    # time constant C / G ~ 1e-12 F / 1e-4 S = 10 ns; 2 us is ~200 time constants
+    res = settle(cc, method="transient", dt=1e-9, duration=2e-6, capacitance=1e-12, on_fail="ignore")
+    assert float((res.s - ref.s).abs().max()) < 1e-7
+    short = settle(cc, method="transient", dt=1e-9, duration=2e-9, capacitance=1e-12, on_fail="ignore")
+    assert not short.converged and short.rel_residual > 1e-3  # finite settling time is visible
+
+
+def test_johnson_noise_gives_kT_over_C():
+    """Equipartition: each node's voltage variance in thermal equilibrium is kT/C."""
+    c = layered("3,4,2", seed=0, g_init=(1e-5, 1e-4), diode=None, bias=False)
+    cc = compile_circuit(c)
+    ref = settle(cc)
+    C, T = 1e-15, 300.0
+    gen = torch.Generator().manual_seed(0)
+    batch = 4000
+    u = ref.u.expand(batch, -1)
+    res = settle(cc, u, s0=ref.s, method="transient", dt=5e-14, duration=3e-11, capacitance=C,
+                 temperature=T, generator=gen, on_fail="ignore")
+    var = res.s.var(0)
+    expected = BOLTZMANN * T / C
+    np.testing.assert_allclose(var.numpy(), expected, rtol=0.1)  # 4000 samples: ~2 % sampling error
