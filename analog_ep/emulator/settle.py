@@ -146,8 +146,8 @@ def _assemble(cc: Compiled, u: torch.Tensor, beta, target) -> _Ops:
         r, go = root[cc.outputs], gain[cc.outputs]
         if bool((r >= nf).any()):
             raise ValueError("an output node is fixed: it cannot be nudged")
-        D = D.clone().index_add(1, r, (beta * go * go).expand(B, -1))
-        D_fix = D_fix.index_add(1, r, (beta * go * go).expand(-1, r.numel()))
+        D = D.expand(B, -1).index_add(1, r, (beta * go * go).expand(B, -1))
+        D_fix = D_fix.expand(B, -1).index_add(1, r, (beta * go * go).expand(B, -1))
         f = f.index_add(1, r, beta * go * target)
     empty = torch.zeros(0, dtype=torch.long, device=dev)
     rows = torch.cat(R) if R else empty

@@ -1,0 +1,101 @@
+"""Equilibrium Propagation: the gradient of the loss at equilibrium from two (or three)
+settles of the same circuit, and the exact equilibrium gradient to test it against.
+
+EP estimate (Scellier & Bengio 2017): dL/dθ ≈ (1/β)(∂E/∂θ(s^β) − ∂E/∂θ(s^0)); for a
+conductance ∂E/∂g = ½ΔV², the local rule. ∂E/∂θ is autograd of the energy at *fixed* states,
+so every parameter the energy depends on (conductances, source voltages, amplifier gains,
+diode IS/N) gets EP for free. Centred nudging (±β) cancels the O(β) bias of one-sided nudging.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .compiled import Compiled
+from .energy import cost, energy
+from .settle import SettleResult, _assemble, _hessian, settle
+
+MODES = ("positive", "centered", "random")
+
+
+@dataclass
+class EPResult:
+    grads: dict[str, torch.Tensor]  # parameter key -> dL/dθ estimate (mean loss over the batch)
+    free: SettleResult
+    nudged: list[SettleResult]
+    loss: torch.Tensor  # per-sample MSE cost at the free state
+
+
+def _param_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Σ_k w_k · ∂E/∂θ(s_k) summed over samples, by autograd at fixed states."""
+    leaves = {k: cc.params[k].detach().clone().requires_grad_(True) for k in keys if k != "u"}
+    uu = u.detach().clone().requires_grad_("u" in keys)
+    total = 0.0
+    for w, s in weights_and_states:
+        total = total + (w * energy(cc, s.detach(), uu, params=leaves)).sum()
+    wrt = list(leaves.values()) + ([uu] if "u" in keys else [])
+    grads = torch.autograd.grad(total, wrt, allow_unused=True)
+    out = {k: (g if g is not None else torch.zeros_like(leaves[k])) for k, g in zip(leaves, grads)}
+    if "u" in keys:
+        out["u"] = grads[-1].sum(0)
+    return out
+
+
+def ep_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, beta: float, *, mode: str = "centered",
+                keys: list[str] | None = None, generator: torch.Generator | None = None,
+                free: SettleResult | None = None, **settle_kw) -> EPResult:
+    """EP estimate of d(mean cost)/dθ. ``mode``: "positive" (+β), "centered" (±β) or "random"
+    (one-sided with a random sign per sample). The nudged phases start from the free state."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if beta <= 0:
+        raise ValueError("beta must be > 0 (the sign is chosen by mode)")
+    keys = list(cc.trainable) if keys is None else list(keys)
+    u = torch.as_tensor(u, dtype=cc.dtype, device=cc.device)
+    target = torch.as_tensor(target, dtype=cc.dtype, device=cc.device).reshape(u.shape[0], -1)
+    B = u.shape[0]
+    free = settle(cc, u, **settle_kw) if free is None else free
+    if mode == "centered":
+        betas = [torch.full((B,), beta, dtype=cc.dtype), torch.full((B,), -beta, dtype=cc.dtype)]
+    elif mode == "positive":
+        betas = [torch.full((B,), beta, dtype=cc.dtype)]
+    else:
+        sign = torch.randint(0, 2, (B,), generator=generator).to(cc.dtype) * 2 - 1
+        betas = [beta * sign]
+    betas = [b.to(cc.device) for b in betas]
+    nudged = [settle(cc, u, beta=b, target=target, s0=free.s, **settle_kw) for b in betas]
+    if mode == "centered":
+        terms = [(1.0 / (2 * beta * B), nudged[0].s), (-1.0 / (2 * beta * B), nudged[1].s)]
+    else:
+        w = 1.0 / (betas[0] * B)
+        terms = [(w, nudged[0].s), (-w, free.s)]
+    grads = _param_grads(cc, keys, terms, u)
+    return EPResult(grads, free, nudged, cost(cc, free.V, target))
+
+
+def equilibrium_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, *, keys: list[str] | None = None,
+                         free: SettleResult | None = None, **settle_kw) -> dict[str, torch.Tensor]:
+    """Exact d(mean cost)/dθ at equilibrium by implicit differentiation: with H = ∂²E/∂s²,
+    λ = H⁻¹ ∂L/∂s and dL/dθ = −∂/∂θ (∂E/∂s · λ). The reference EP is tested against (dense
+    Hessian: for circuits of up to a few thousand free nodes, Shockley diodes only)."""
+    keys = list(cc.trainable) if keys is None else list(keys)
+    u = torch.as_tensor(u, dtype=cc.dtype, device=cc.device)
+    target = torch.as_tensor(target, dtype=cc.dtype, device=cc.device).reshape(u.shape[0], -1)
+    B = u.shape[0]
+    free = settle(cc, u, **settle_kw) if free is None else free
+    s = free.s.detach().clone().requires_grad_(True)
+    (dL_ds,) = torch.autograd.grad(cost(cc, cc.voltages(s, u), target).sum() / B, s)
+    with torch.no_grad():
+        H = _hessian(cc, _assemble(cc, u, 0.0, None), free.s, u)
+        lam = torch.linalg.solve(H, dL_ds.unsqueeze(-1)).squeeze(-1)
+    leaves = {k: cc.params[k].detach().clone().requires_grad_(True) for k in keys if k != "u"}
+    uu = u.detach().clone().requires_grad_("u" in keys)
+    (dE_ds,) = torch.autograd.grad(energy(cc, s, uu, params=leaves).sum(), s, create_graph=True)
+    inner = (dE_ds * lam).sum()
+    wrt = list(leaves.values()) + ([uu] if "u" in keys else [])
+    grads = torch.autograd.grad(inner, wrt, allow_unused=True)
+    out = {k: (-g if g is not None else torch.zeros_like(leaves[k])) for k, g in zip(leaves, grads)}
+    if "u" in keys:
+        out["u"] = -grads[-1].sum(0)
+    return out
