@@ -157,6 +157,47 @@ def spice(
             typer.echo(f"{name:>16s} {op.node_voltages[name]: .12g} V")
 
 
+@app.command()
+@_guard
+def compare(
+    deck: Path = typer.Argument(..., help="SPICE deck (validated first)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
+    plot: Optional[Path] = typer.Option(None, help="Write a parity plot (PNG) of SPICE vs emulator voltages."),
+    batch_inputs: Optional[Path] = typer.Option(None, help="CSV or .npy of input rows (one column per input source)."),
+    method: str = typer.Option("bcd", help="Emulator solver: bcd or newton."),
+    rows: int = typer.Option(20, help="Rows of the node table (worst nodes first)."),
+):
+    """Run a deck in ngspice and in the emulator; compare node by node and time both."""
+    import numpy as np
+
+    from .compare import compare as run_compare
+    from .spice.parser import read_deck
+
+    circuit = read_deck(deck)
+    inputs = None
+    if batch_inputs is not None:
+        if not batch_inputs.exists():
+            raise FileNotFoundError(f"no such file: {batch_inputs}")
+        inputs = np.load(batch_inputs) if batch_inputs.suffix == ".npy" else np.loadtxt(batch_inputs, delimiter=",", ndmin=2)
+    cmp = run_compare(circuit, inputs, method=method)
+    opts = " ".join(f"{k}={v}" for k, v in cmp.options.items())
+    if plot is not None:
+        cmp.plot(plot)
+    if as_json:
+        typer.echo(json.dumps(dict(deck=str(deck), max_abs_dv=cmp.max_abs_dv, spice_seconds=cmp.spice_seconds,
+                                   emulator_seconds=cmp.emulator_seconds, speedup=cmp.speedup, nodes=len(cmp.nodes),
+                                   samples=int(cmp.spice.shape[0]), method=cmp.method, iterations=cmp.iterations,
+                                   residual_A=cmp.residual, spice_options=cmp.options, spice_notes=cmp.notes,
+                                   plot=None if plot is None else str(plot))))
+        return
+    typer.echo(f"{deck}: {circuit.summary()}; {cmp.spice.shape[0]} operating point(s)")
+    typer.echo(cmp.table(rows))
+    typer.echo(f"max |dV| = {cmp.max_abs_dv:.3g} V over {len(cmp.nodes)} nodes")
+    typer.echo(f"ngspice {cmp.spice_seconds:.4f} s ({opts}); emulator {cmp.emulator_seconds:.4f} s "
+               f"({cmp.method}, {cmp.iterations} sweeps, residual {cmp.residual:.2g} A, float64, gmin modelled); "
+               f"speed ratio {cmp.speedup:.0f}x")
+
+
 def main() -> None:
     app(prog_name="analog-ep")
 

@@ -112,3 +112,21 @@ def test_kendall_size_full_deck_runs_in_ngspice_batch(tmp_path):
     assert runner.invoke(app, ["export", "--layers", "784,100,10", "--seed", "0", "-o", str(deck)]).exit_code == 0
     proc = subprocess.run(["ngspice", "-b", str(deck)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0 and "no convergence" not in proc.stdout.lower()
+
+
+def test_cli_compare_json_and_plot(tmp_path):
+    import numpy as np
+    deck = NETLISTS[0].parent / "layered_16_8_4.cir"
+    rows = tmp_path / "in.csv"
+    np.savetxt(rows, np.random.default_rng(0).uniform(0, 1, (3, 32)), delimiter=",")
+    plot = tmp_path / "parity.png"
+    res = runner.invoke(app, ["compare", str(deck), "--json", "--plot", str(plot), "--batch-inputs", str(rows)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["max_abs_dv"] <= 1e-6 and out["samples"] == 3 and out["nodes"] == 65
+    assert out["spice_seconds"] > 0 and out["emulator_seconds"] > 0
+    assert plot.stat().st_size > 1000
+    bad = tmp_path / "bad.csv"
+    np.savetxt(bad, np.zeros((2, 5)), delimiter=",")
+    res = runner.invoke(app, ["compare", str(deck), "--batch-inputs", str(bad)])
+    assert res.exit_code == 2 and "32 input sources" in res.stderr
