@@ -85,7 +85,6 @@ def test_settle_is_a_stationary_point_of_the_energy(circuit):
     res = settle(cc)
     s = res.s.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(energy(cc, s, res.u).sum(), s)
-    D = torch.tensor([1.0])  # residual scale: amperes vs total node conductance x 1 V
     assert grad.abs().max() <= 1e-9 * max(float(cc.params["u"].abs().max()), 1.0) * 1e-3 + 1e-15
     # a perturbation raises the energy: it is the minimum, not just stationary
     e0 = energy(cc, res.s, res.u)

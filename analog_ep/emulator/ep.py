@@ -27,19 +27,30 @@ class EPResult:
     loss: torch.Tensor  # per-sample MSE cost at the free state
 
 
-def _param_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Σ_k w_k · ∂E/∂θ(s_k) summed over samples, by autograd at fixed states."""
+def _leaves(cc: Compiled, keys, u: torch.Tensor):
+    """Fresh leaf tensors for the parameters in ``keys`` (and the sources, if "u" is one)."""
     leaves = {k: cc.params[k].detach().clone().requires_grad_(True) for k in keys if k != "u"}
     uu = u.detach().clone().requires_grad_("u" in keys)
+    return leaves, uu
+
+
+def _grad_dict(scalar: torch.Tensor, leaves: dict, uu: torch.Tensor, keys, sign: float = 1.0) -> dict:
+    """sign · d scalar / d leaf for each key; the sources' gradient is summed over the batch."""
+    wrt = list(leaves.values()) + ([uu] if "u" in keys else [])
+    grads = torch.autograd.grad(scalar, wrt, allow_unused=True)
+    out = {k: sign * (g if g is not None else torch.zeros_like(leaves[k])) for k, g in zip(leaves, grads)}
+    if "u" in keys:
+        out["u"] = sign * grads[-1].sum(0)
+    return out
+
+
+def _param_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Σ_k w_k · ∂E/∂θ(s_k) summed over samples, by autograd at fixed states."""
+    leaves, uu = _leaves(cc, keys, u)
     total = 0.0
     for w, s in weights_and_states:
         total = total + (w * energy(cc, s.detach(), uu, params=leaves)).sum()
-    wrt = list(leaves.values()) + ([uu] if "u" in keys else [])
-    grads = torch.autograd.grad(total, wrt, allow_unused=True)
-    out = {k: (g if g is not None else torch.zeros_like(leaves[k])) for k, g in zip(leaves, grads)}
-    if "u" in keys:
-        out["u"] = grads[-1].sum(0)
-    return out
+    return _grad_dict(total, leaves, uu, keys)
 
 
 def ep_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, beta: float, *, mode: str = "centered",
@@ -89,13 +100,6 @@ def equilibrium_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, *,
     with torch.no_grad():
         H = _hessian(cc, _assemble(cc, u, 0.0, None), free.s, u)
         lam = torch.linalg.solve(H, dL_ds.unsqueeze(-1)).squeeze(-1)
-    leaves = {k: cc.params[k].detach().clone().requires_grad_(True) for k in keys if k != "u"}
-    uu = u.detach().clone().requires_grad_("u" in keys)
+    leaves, uu = _leaves(cc, keys, u)
     (dE_ds,) = torch.autograd.grad(energy(cc, s, uu, params=leaves).sum(), s, create_graph=True)
-    inner = (dE_ds * lam).sum()
-    wrt = list(leaves.values()) + ([uu] if "u" in keys else [])
-    grads = torch.autograd.grad(inner, wrt, allow_unused=True)
-    out = {k: (-g if g is not None else torch.zeros_like(leaves[k])) for k, g in zip(leaves, grads)}
-    if "u" in keys:
-        out["u"] = -grads[-1].sum(0)
-    return out
+    return _grad_dict((dE_ds * lam).sum(), leaves, uu, keys, sign=-1.0)

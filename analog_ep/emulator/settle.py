@@ -204,12 +204,22 @@ def residual(cc: Compiled, ops: _Ops, s: torch.Tensor, u: torch.Tensor) -> torch
             i, _ = _diode_iv(v[:, shock], IS[shock], nvt[shock])
             r = r.index_add(1, root[shock], kap[shock] * i)
         if ideal.any():  # an active clamp (v ≈ 0) supplies whatever current pushes outward
-            k = kap[ideal]
             scale = (V.abs().amax(1, keepdim=True) + 1e-30) * 1e-12
-            at = v[:, ideal] >= -scale
-            push = torch.zeros_like(r).index_add(1, root[ideal], (at & True).to(r.dtype) * torch.sign(k))
+            at = (v[:, ideal] >= -scale).to(r.dtype)  # clamp at its bound
+            push = torch.zeros_like(r).index_add(1, root[ideal], at * torch.sign(kap[ideal]))
             r = torch.where((push > 0) & (r < 0) | (push < 0) & (r > 0), torch.zeros_like(r), r)
     return r
+
+
+def _clip_to_clamps(x: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Project x onto its ideal clamps: each clamp's v = k·x[loc] + w must stay <= 0, a bound
+    on x[loc] (upper for k > 0, lower for k < 0). Exact for a 1-D convex problem."""
+    bound = -w / k
+    inf = torch.full_like(x, float("inf"))
+    idx = loc.expand_as(bound)
+    hi = inf.scatter_reduce(1, idx, torch.where(k > 0, bound, float("inf")), "amin")
+    lo = (-inf).scatter_reduce(1, idx, torch.where(k < 0, bound, -float("inf")), "amax")
+    return torch.minimum(torch.maximum(x, lo), hi)
 
 
 def _bcd_sweep(cc: Compiled, ops: _Ops, s: torch.Tensor, u: torch.Tensor, inner: int) -> torch.Tensor:
@@ -235,15 +245,8 @@ def _bcd_sweep(cc: Compiled, ops: _Ops, s: torch.Tensor, u: torch.Tensor, inner:
                         grad = (Dc * x - f).index_add(1, ls, ks * i)
                         hess = Dc.expand_as(x).index_add(1, ls, ks * ks * di)
                         x = x - grad / hess
-                if idl.any():  # clamps to fixed nodes: v = κ s + w <= 0 bounds s
-                    li, ki, wi = loc[idl], k[idl], w[:, idl]
-                    bound = -wi / ki
-                    inf = torch.full_like(x, float("inf"))
-                    hi = inf.scatter_reduce(1, li.expand_as(bound), torch.where(ki > 0, bound, float("inf")),
-                                            "amin")
-                    lo = (-inf).scatter_reduce(1, li.expand_as(bound), torch.where(ki < 0, bound, -float("inf")),
-                                               "amax")
-                    x = torch.minimum(torch.maximum(x, lo), hi)
+                if idl.any():
+                    x = _clip_to_clamps(x, loc[idl], k[idl], w[:, idl])
         s = s.index_copy(1, colour, x)
     return s
 
@@ -390,9 +393,5 @@ def _transient_step(cc, ops, s, u, dt, cap, temperature, generator):
         V = cc.voltages(s, u)
         k = kap[ideal]
         w = V[:, an[ideal]] - V[:, ca[ideal]] - k * s[:, root[ideal]]
-        bound = -w / k
-        inf = torch.full_like(s, float("inf"))
-        hi = inf.scatter_reduce(1, root[ideal].expand_as(bound), torch.where(k > 0, bound, float("inf")), "amin")
-        lo = (-inf).scatter_reduce(1, root[ideal].expand_as(bound), torch.where(k < 0, bound, -float("inf")), "amax")
-        s = torch.minimum(torch.maximum(s, lo), hi)
+        s = _clip_to_clamps(s, root[ideal], k, w)
     return s
