@@ -69,7 +69,41 @@ class _Ops:
     M_rows: list[torch.Tensor]  # per colour: CSR rows of M
     ff: tuple  # (ra, rb, γa, γb, g) of free-free elements, for Johnson noise
     D_fixed: torch.Tensor  # (B or 1, n_free) conductance to fixed nodes, for Johnson noise
-    inc: tuple  # diode incidences (root, κ, IS, nVT, anode node, cathode node, ideal)
+    dio: "_Diodes"
+
+
+@dataclass
+class _Incidences:
+    """Diode terminals on free roots: diode d's voltage depends on s[root] with coefficient κ."""
+
+    d: torch.Tensor
+    root: torch.Tensor
+    kap: torch.Tensor
+    loc: torch.Tensor | None = None  # position of root within a colour (per-colour subsets only)
+
+    def subset(self, mask: torch.Tensor, pos: torch.Tensor | None = None) -> "_Incidences":
+        root = self.root[mask]
+        return _Incidences(self.d[mask], root, self.kap[mask], None if pos is None else pos[root])
+
+
+@dataclass
+class _Diodes:
+    """All diodes of a settle, concatenated: parameters, the part of each diode voltage fixed
+    by the sources (constant during the settle) and the incidences on free roots, overall
+    and per colour (Shockley and ideal apart), so sweeps never gather every node voltage."""
+
+    IS: torch.Tensor
+    nvt: torch.Tensor
+    ideal: torch.Tensor  # (n_d,) bool
+    v_fixed: torch.Tensor  # (B, n_d)
+    inc: _Incidences
+    shock: _Incidences
+    clamps: _Incidences
+    by_colour: list[tuple[_Incidences, _Incidences]]  # (Shockley, ideal) incidences of each colour
+
+    def voltages(self, s: torch.Tensor) -> torch.Tensor:
+        """Diode voltages (B, n_d) at free voltages s."""
+        return self.v_fixed.index_add(1, self.inc.d, self.inc.kap * s[:, self.inc.root])
 
 
 def _csr(rows, cols, vals, shape):
@@ -154,27 +188,44 @@ def _assemble(cc: Compiled, u: torch.Tensor, beta, target) -> _Ops:
     cols = torch.cat(C) if C else empty
     vals = torch.cat(W) if W else torch.zeros(0, dtype=dt, device=dev)
     M = _csr(rows, cols, vals, (nf, nf))
-    M_rows = []
+    positions = []
     for colour in cc.colours:
         pos = torch.full((nf,), -1, dtype=torch.long, device=dev)
         pos[colour] = torch.arange(colour.numel(), device=dev)
-        keep = pos[rows] >= 0 if rows.numel() else rows.bool()
+        positions.append(pos)
+    M_rows = []
+    for pos, colour in zip(positions, cc.colours):
+        keep = pos[rows] >= 0
         M_rows.append(_csr(pos[rows[keep]], cols[keep], vals[keep], (colour.numel(), nf)))
     cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
     ff = (cat(ffa, torch.long), cat(ffb, torch.long), cat(ffga), cat(ffgb), cat(ffg))
-    # diode incidences on free roots: κ = ±gain of the terminal
-    ir, ik, iIS, invt, ian, ica, iid = [], [], [], [], [], [], []
+    return _Ops(D, f, M, M_rows, ff, D_fix, _diodes(cc, ext_u, gain, positions))
+
+
+def _diodes(cc: Compiled, ext_u: torch.Tensor, gain: torch.Tensor, positions: list[torch.Tensor]) -> _Diodes:
+    nf, p, dev, dt = cc.n_free, cc.params, cc.device, cc.dtype
+    cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
+    terminals, IS, nvt, ideal = [], [], [], []
     for d in cc.diodes:
-        IS, nvt = p[f"IS:{d.name}"], p[f"N:{d.name}"] * cc.vt
-        for term, sign in ((d.anode, 1.0), (d.cathode, -1.0)):
-            r = root[term]
-            m = r < nf
-            ir.append(r[m]), ik.append(sign * gain[term][m]), iIS.append(IS[m]), invt.append(nvt[m])
-            ian.append(d.anode[m]), ica.append(d.cathode[m])
-            iid.append(torch.full((int(m.sum()),), d.ideal, dtype=torch.bool, device=dev))
-    inc = (cat(ir, torch.long), cat(ik), cat(iIS), cat(invt), cat(ian, torch.long), cat(ica, torch.long),
-           cat(iid, torch.bool))
-    return _Ops(D, f, M, M_rows, ff, D_fix, inc)
+        terminals.append((d.anode, d.cathode))
+        IS.append(p[f"IS:{d.name}"]), nvt.append(p[f"N:{d.name}"] * cc.vt)
+        ideal.append(torch.full((d.anode.numel(),), d.ideal, dtype=torch.bool, device=dev))
+    anode = cat([a for a, _ in terminals], torch.long)
+    cathode = cat([c for _, c in terminals], torch.long)
+    index = torch.arange(anode.numel(), device=dev)
+    v_fixed = torch.zeros(ext_u.shape[0], anode.numel(), dtype=dt, device=dev)
+    inc_d, inc_root, inc_kap = [], [], []
+    for term, sign in ((anode, 1.0), (cathode, -1.0)):  # κ = ±gain of the terminal
+        r, k = cc.root[term], sign * gain[term]
+        free = r < nf
+        v_fixed[:, ~free] += k[~free] * ext_u[:, r[~free] - nf]
+        inc_d.append(index[free]), inc_root.append(r[free]), inc_kap.append(k[free])
+    ideal = cat(ideal, torch.bool)
+    inc = _Incidences(cat(inc_d, torch.long), cat(inc_root, torch.long), cat(inc_kap))
+    is_ideal = ideal[inc.d]
+    by_colour = [(inc.subset((pos[inc.root] >= 0) & ~is_ideal, pos), inc.subset((pos[inc.root] >= 0) & is_ideal, pos))
+                 for pos in positions]
+    return _Diodes(cat(IS), cat(nvt), ideal, v_fixed, inc, inc.subset(~is_ideal), inc.subset(is_ideal), by_colour)
 
 
 def _diode_iv(v, IS, nvt):
@@ -195,18 +246,16 @@ def _field(ops: _Ops, s: torch.Tensor, M: torch.Tensor, cols: torch.Tensor | Non
 def residual(cc: Compiled, ops: _Ops, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """KCL residual r = ∂E/∂s (B, n_free), projected where an ideal clamp is active."""
     r = ops.D * s - _field(ops, s, ops.M)
-    root, kap, IS, nvt, an, ca, ideal = ops.inc
-    if root.numel():
-        V = cc.voltages(s, u)
-        v = V[:, an] - V[:, ca]
-        shock = ~ideal
-        if shock.any():
-            i, _ = _diode_iv(v[:, shock], IS[shock], nvt[shock])
-            r = r.index_add(1, root[shock], kap[shock] * i)
-        if ideal.any():  # an active clamp (v ≈ 0) supplies whatever current pushes outward
-            scale = (V.abs().amax(1, keepdim=True) + 1e-30) * 1e-12
-            at = (v[:, ideal] >= -scale).to(r.dtype)  # clamp at its bound
-            push = torch.zeros_like(r).index_add(1, root[ideal], at * torch.sign(kap[ideal]))
+    dio = ops.dio
+    if dio.inc.d.numel():
+        v = dio.voltages(s)
+        if dio.shock.d.numel():
+            i, _ = _diode_iv(v, dio.IS, dio.nvt)
+            r = r.index_add(1, dio.shock.root, dio.shock.kap * i[:, dio.shock.d])
+        if dio.clamps.d.numel():  # an active clamp (v ≈ 0) supplies whatever current pushes outward
+            scale = (cc.voltages(s, u).abs().amax(1, keepdim=True) + 1e-30) * 1e-12
+            at = (v[:, dio.clamps.d] >= -scale).to(r.dtype)  # clamp at its bound
+            push = torch.zeros_like(r).index_add(1, dio.clamps.root, at * torch.sign(dio.clamps.kap))
             r = torch.where((push > 0) & (r < 0) | (push < 0) & (r > 0), torch.zeros_like(r), r)
     return r
 
@@ -222,31 +271,27 @@ def _clip_to_clamps(x: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, w: torc
     return torch.minimum(torch.maximum(x, lo), hi)
 
 
-def _bcd_sweep(cc: Compiled, ops: _Ops, s: torch.Tensor, u: torch.Tensor, inner: int) -> torch.Tensor:
-    root, kap, IS, nvt, an, ca, ideal = ops.inc
+def _bcd_sweep(cc: Compiled, ops: _Ops, s: torch.Tensor, inner: int) -> torch.Tensor:
+    dio = ops.dio
     for c, colour in enumerate(cc.colours):
         f = _field(ops, s, ops.M_rows[c], colour)
         Dc = ops.D[:, colour]
         x = f / Dc
-        if root.numel():
-            pos = torch.full((cc.n_free,), -1, dtype=torch.long, device=s.device)
-            pos[colour] = torch.arange(colour.numel(), device=s.device)
-            mine = pos[root] >= 0
-            if mine.any():
-                loc, k = pos[root[mine]], kap[mine]
-                V = cc.voltages(s, u)
-                w = V[:, an[mine]] - V[:, ca[mine]] - k * s[:, colour[loc]]  # the part not set by this node
-                shock, idl = ~ideal[mine], ideal[mine]
-                if shock.any():
-                    x = s[:, colour].clone()  # warm start: Newton on a convex 1-D problem
-                    ls, ks, ws = loc[shock], k[shock], w[:, shock]
-                    for _ in range(inner):
-                        i, di = _diode_iv(ws + ks * x[:, ls], IS[mine][shock], nvt[mine][shock])
-                        grad = (Dc * x - f).index_add(1, ls, ks * i)
-                        hess = Dc.expand_as(x).index_add(1, ls, ks * ks * di)
-                        x = x - grad / hess
-                if idl.any():
-                    x = _clip_to_clamps(x, loc[idl], k[idl], w[:, idl])
+        shock, clamps = dio.by_colour[c]
+        if shock.d.numel() or clamps.d.numel():
+            v = dio.voltages(s)
+        if shock.d.numel():  # warm-started Newton on each node's convex 1-D problem
+            w = v[:, shock.d] - shock.kap * s[:, shock.root]  # the part not set by this node
+            IS, nvt = dio.IS[shock.d], dio.nvt[shock.d]
+            x = s[:, colour].clone()
+            for _ in range(inner):
+                i, di = _diode_iv(w + shock.kap * x[:, shock.loc], IS, nvt)
+                grad = (Dc * x - f).index_add(1, shock.loc, shock.kap * i)
+                hess = Dc.expand_as(x).index_add(1, shock.loc, shock.kap * shock.kap * di)
+                x = x - grad / hess
+        if clamps.d.numel():
+            w = v[:, clamps.d] - clamps.kap * s[:, clamps.root]
+            x = _clip_to_clamps(x, clamps.loc, clamps.kap, w)
         s = s.index_copy(1, colour, x)
     return s
 
@@ -286,7 +331,7 @@ def settle(cc: Compiled, u: torch.Tensor | None = None, *, x: torch.Tensor | Non
         it, ok, r = 0, False, None
         if method == "bcd":
             while it < max_iters:
-                s = _bcd_sweep(cc, ops, s, u, inner)
+                s = _bcd_sweep(cc, ops, s, inner)
                 it += 1
                 if it % check_every == 0 or it == max_iters:
                     r = residual(cc, ops, s, u)
@@ -326,25 +371,20 @@ def settle(cc: Compiled, u: torch.Tensor | None = None, *, x: torch.Tensor | Non
     return result
 
 
-def _hessian(cc: Compiled, ops: _Ops, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def _hessian(ops: _Ops, s: torch.Tensor) -> torch.Tensor:
     """Dense Hessian ∂²E/∂s² (B, n_free, n_free): conductances plus each diode's I'(v)."""
     B, nf = s.shape
     H = torch.diag_embed(ops.D.expand(B, -1)) - ops.M.to_dense()
-    gain, root = cc.node_gain(), cc.root
-    V = cc.voltages(s, u)
-    for d in cc.diodes:
-        if d.ideal:
-            raise ValueError("method='newton' does not handle ideal clamps: use method='bcd'")
-        _, di = _diode_iv(V[:, d.anode] - V[:, d.cathode], cc.params[f"IS:{d.name}"],
-                          cc.params[f"N:{d.name}"] * cc.vt)
-        ra, rc = root[d.anode], root[d.cathode]
-        ka, kc = gain[d.anode], -gain[d.cathode]
-        for r1, k1 in ((ra, ka), (rc, kc)):
-            for r2, k2 in ((ra, ka), (rc, kc)):
-                m = (r1 < nf) & (r2 < nf)
-                if m.any():
-                    flat = (r1[m] * nf + r2[m]).expand(B, -1)
-                    H = H.reshape(B, -1).scatter_add(1, flat, (k1 * k2)[m] * di[:, m]).reshape(B, nf, nf)
+    dio = ops.dio
+    if bool(dio.ideal.any()):
+        raise ValueError("method='newton' does not handle ideal clamps: use method='bcd'")
+    if dio.inc.d.numel():
+        _, di = _diode_iv(dio.voltages(s), dio.IS, dio.nvt)
+        inc = dio.inc
+        same = inc.d[:, None] == inc.d[None, :]  # terminal pairs of one diode
+        p, q = same.nonzero(as_tuple=True)
+        flat = (inc.root[p] * nf + inc.root[q]).expand(B, -1)
+        H = H.reshape(B, -1).scatter_add(1, flat, inc.kap[p] * inc.kap[q] * di[:, inc.d[p]]).reshape(B, nf, nf)
     return H
 
 
@@ -352,7 +392,7 @@ def _newton_step(cc, ops, s, u, r, beta, target):
     """Damped Newton on the whole free vector, backtracking on the energy (convex)."""
     from .energy import energy
 
-    step = -torch.linalg.solve(_hessian(cc, ops, s, u), r.unsqueeze(-1)).squeeze(-1)
+    step = -torch.linalg.solve(_hessian(ops, s), r.unsqueeze(-1)).squeeze(-1)
     e0 = energy(cc, s, u, beta=beta, target=target)
     slope = (r * step).sum(1)
     r0 = r.abs().amax(1)
@@ -372,12 +412,10 @@ def _transient_step(cc, ops, s, u, dt, cap, temperature, generator):
     """One linearly implicit Euler step of C ds/dt = −r(s) (+ Johnson noise currents)."""
     r = residual(cc, ops, s, u)
     h = ops.D.expand_as(s)
-    root, kap, IS, nvt, an, ca, ideal = ops.inc
-    if root.numel() and (~ideal).any():
-        V = cc.voltages(s, u)
-        m = ~ideal
-        _, di = _diode_iv(V[:, an[m]] - V[:, ca[m]], IS[m], nvt[m])
-        h = h.index_add(1, root[m], kap[m] ** 2 * di)
+    dio = ops.dio
+    if dio.shock.d.numel():
+        _, di = _diode_iv(dio.voltages(s), dio.IS, dio.nvt)
+        h = h.index_add(1, dio.shock.root, dio.shock.kap ** 2 * di[:, dio.shock.d])
     q = -dt * r
     if temperature > 0:  # charge noise per step: each conductance g adds current noise of PSD 2kTg... ×2 sides
         kT = BOLTZMANN * temperature
@@ -389,9 +427,7 @@ def _transient_step(cc, ops, s, u, dt, cap, temperature, generator):
             noise = noise.index_add(1, ra, ga * i).index_add(1, rb, -gb * i)
         q = q + noise
     s = s + q / (cap + dt * h)
-    if root.numel() and ideal.any():  # ideal clamps: project onto the bounds
-        V = cc.voltages(s, u)
-        k = kap[ideal]
-        w = V[:, an[ideal]] - V[:, ca[ideal]] - k * s[:, root[ideal]]
-        s = _clip_to_clamps(s, root[ideal], k, w)
+    if dio.clamps.d.numel():  # ideal clamps: project onto the bounds
+        w = dio.voltages(s)[:, dio.clamps.d] - dio.clamps.kap * s[:, dio.clamps.root]
+        s = _clip_to_clamps(s, dio.clamps.root, dio.clamps.kap, w)
     return s
