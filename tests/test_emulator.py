@@ -163,3 +163,16 @@ def test_johnson_noise_gives_kT_over_C():
     var = res.s.var(0)
     expected = BOLTZMANN * T / C
     np.testing.assert_allclose(var.numpy(), expected, rtol=0.1)  # 4000 samples: ~2 % sampling error
+
+
+def test_operator_cache_follows_parameter_updates():
+    """Settles reuse parameter-only operators; an in-place update or a new tensor invalidates them."""
+    c = layered("6,5,3", seed=0, g_init=(1e-6, 1e-4))
+    cc = compile_circuit(c)
+    x = torch.rand(2, 6, dtype=torch.float64)
+    settle(cc, x=x)
+    cc.params["g:w1p"].mul_(3.0)  # in place, as an optimizer step does
+    cc.params["g:w2n"] = cc.params["g:w2n"] * 0.5  # a new tensor
+    fresh = compile_circuit(c.with_conductances({"w1p": c.group(Conductances, "w1p").g * 3.0,
+                                                 "w2n": c.group(Conductances, "w2n").g * 0.5}))
+    torch.testing.assert_close(settle(cc, x=x).s, settle(fresh, x=x).s, rtol=0, atol=1e-12)

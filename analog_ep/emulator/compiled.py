@@ -57,6 +57,7 @@ class Compiled:
     gmin: float  # conductance across every junction, as SPICE adds it
     vt: float = THERMAL_VOLTAGE
     trainable: list[str] = field(default_factory=list)
+    cache: dict = field(default_factory=dict, repr=False)  # solver operators, keyed by parameter versions
 
     @property
     def n_free(self) -> int:

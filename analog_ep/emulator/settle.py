@@ -16,6 +16,7 @@ conductance and V_scale the largest source voltage: rtol is a relative voltage e
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -112,46 +113,44 @@ def _csr(rows, cols, vals, shape):
     return coo.coalesce().to_sparse_csr()
 
 
-def _assemble(cc: Compiled, u: torch.Tensor, beta, target) -> _Ops:
-    """Quadratic part of the energy in the free voltages: D (diagonal), M (free-free
-    couplings) and f_fixed (what the sources push in), plus diode incidences."""
-    nf, p, dev, dt = cc.n_free, cc.params, cc.device, cc.dtype
+@dataclass
+class _Static:
+    """The parts of the operators that depend on the parameters only: built once and reused
+    by every settle until a parameter tensor changes (training updates bump its version)."""
+
+    D: torch.Tensor  # (n_free,) total conductance seen by each free root
+    D_fix: torch.Tensor  # (n_free,) its part towards fixed nodes (Johnson noise)
+    K: torch.Tensor  # (n_src + 1, n_free): f_fixed = [u | 0] @ K + f_const
+    f_const: torch.Tensor  # (n_free,) injected currents
+    M: torch.Tensor
+    M_rows: list[torch.Tensor]
+    ff: tuple
+    dio: _Diodes  # with an empty v_fixed
+    dio_fixed: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (diode, ext index, κ) of fixed terminals
+    gain: torch.Tensor
+
+
+def _static(cc: Compiled) -> _Static:
+    key = tuple((k, id(v), v._version) for k, v in cc.params.items() if k != "u")
+    cached = cc.cache.get("static")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    nf, ns, p, dev, dt = cc.n_free, cc.n_src, cc.params, cc.device, cc.dtype
     gain = cc.node_gain()
     root = cc.root
-    B = u.shape[0]
-    ext_u = torch.cat([u, u.new_zeros(B, 1)], dim=1)  # [u | ground], indexed by root - nf
     D = torch.zeros(nf, dtype=dt, device=dev)
     D_fix = torch.zeros(nf, dtype=dt, device=dev)
-    f = torch.zeros(B, nf, dtype=dt, device=dev)
+    K = torch.zeros(ns + 1, nf, dtype=dt, device=dev)
     R, C, W = [], [], []
     ffa, ffb, ffga, ffgb, ffg = [], [], [], [], []
     for blk in cc.blocks:
         g = p[blk.name]
         ra, rb, ga, gb = root[blk.a], root[blk.b], gain[blk.a], gain[blk.b]
-        fa, fb = ra < nf, rb < nf
         if blk.dense:  # homogeneous: every row (column) free, or every row (column) fixed
-            fa, fb = bool(fa[0]), bool(fb[0])
-            if fa:
-                D.index_add_(0, ra, ga * ga * g.sum(1))
-            if fb:
-                D.index_add_(0, rb, gb * gb * g.sum(0))
-            if fa and fb:
-                ra2, rb2 = ra[:, None].expand_as(g).reshape(-1), rb[None, :].expand_as(g).reshape(-1)
-                w = (ga[:, None] * gb[None, :] * g).reshape(-1)
-                ffa.append(ra2), ffb.append(rb2), ffga.append(ga[:, None].expand_as(g).reshape(-1))
-                ffgb.append(gb[None, :].expand_as(g).reshape(-1)), ffg.append(g.reshape(-1))
-                R += [ra2, rb2]
-                C += [rb2, ra2]
-                W += [w, w]
-            elif fb and not fa:
-                x = ext_u[:, ra - nf] * ga
-                f.index_add_(1, rb, gb * (x @ g))
-                D_fix.index_add_(0, rb, gb * gb * g.sum(0))
-            elif fa and not fb:
-                x = ext_u[:, rb - nf] * gb
-                f.index_add_(1, ra, ga * (x @ g.T))
-                D_fix.index_add_(0, ra, ga * ga * g.sum(1))
-            continue
+            ra, rb = ra[:, None].expand_as(g), rb[None, :].expand_as(g)
+            ga, gb = ga[:, None].expand_as(g), gb[None, :].expand_as(g)
+        ra, rb, ga, gb, g = ra.reshape(-1), rb.reshape(-1), ga.reshape(-1), gb.reshape(-1), g.reshape(-1)
+        fa, fb = ra < nf, rb < nf
         both = fa & fb
         same = both & (ra == rb)
         pair = both & ~same
@@ -159,73 +158,86 @@ def _assemble(cc: Compiled, u: torch.Tensor, beta, target) -> _Ops:
         D.index_add_(0, rb[fb], (gb * gb * g)[fb])
         if same.any():  # an element between a node and its own amplified copy
             D.index_add_(0, ra[same], (-2 * ga * gb * g)[same])
-        w = (ga * gb * g)[pair]
+        w = ga * gb * g
         R += [ra[pair], rb[pair]]
         C += [rb[pair], ra[pair]]
-        W += [w, w]
+        W += [w[pair], w[pair]]
         ffa.append(ra[pair]), ffb.append(rb[pair]), ffga.append(ga[pair]), ffgb.append(gb[pair]), ffg.append(g[pair])
         oa, ob = fa & ~fb, fb & ~fa
-        f.index_add_(1, ra[oa], (ga * gb * g)[oa] * ext_u[:, rb[oa] - nf])
-        f.index_add_(1, rb[ob], (ga * gb * g)[ob] * ext_u[:, ra[ob] - nf])
+        K.index_put_((rb[oa] - nf, ra[oa]), w[oa], accumulate=True)
+        K.index_put_((ra[ob] - nf, rb[ob]), w[ob], accumulate=True)
         D_fix.index_add_(0, ra[oa], (ga * ga * g)[oa])
         D_fix.index_add_(0, rb[ob], (gb * gb * g)[ob])
-    for node, key in cc.currents:
+    f_const = torch.zeros(nf, dtype=dt, device=dev)
+    for node, key_i in cc.currents:
         r = root[node]
         m = r < nf
-        f.index_add_(1, r[m], (gain[node] * p[key])[m].expand(B, -1))
-    D = D.expand(B, -1) if B > 1 else D[None]
-    D_fix = D_fix[None]
-    if target is not None and cc.outputs.numel():
-        beta = torch.as_tensor(beta, dtype=dt, device=dev).reshape(-1, 1)
-        r, go = root[cc.outputs], gain[cc.outputs]
-        if bool((r >= nf).any()):
-            raise ValueError("an output node is fixed: it cannot be nudged")
-        D = D.expand(B, -1).index_add(1, r, (beta * go * go).expand(B, -1))
-        D_fix = D_fix.expand(B, -1).index_add(1, r, (beta * go * go).expand(B, -1))
-        f = f.index_add(1, r, beta * go * target)
-    empty = torch.zeros(0, dtype=torch.long, device=dev)
-    rows = torch.cat(R) if R else empty
-    cols = torch.cat(C) if C else empty
-    vals = torch.cat(W) if W else torch.zeros(0, dtype=dt, device=dev)
+        f_const.index_add_(0, r[m], (gain[node] * p[key_i])[m])
+    cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
+    rows, cols, vals = cat(R, torch.long), cat(C, torch.long), cat(W)
     M = _csr(rows, cols, vals, (nf, nf))
-    positions = []
+    positions, M_rows = [], []
     for colour in cc.colours:
         pos = torch.full((nf,), -1, dtype=torch.long, device=dev)
         pos[colour] = torch.arange(colour.numel(), device=dev)
         positions.append(pos)
-    M_rows = []
-    for pos, colour in zip(positions, cc.colours):
         keep = pos[rows] >= 0
         M_rows.append(_csr(pos[rows[keep]], cols[keep], vals[keep], (colour.numel(), nf)))
-    cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
     ff = (cat(ffa, torch.long), cat(ffb, torch.long), cat(ffga), cat(ffgb), cat(ffg))
-    return _Ops(D, f, M, M_rows, ff, D_fix, _diodes(cc, ext_u, gain, positions))
+    dio, dio_fixed = _diodes(cc, gain, positions)
+    static = _Static(D, D_fix, K, f_const, M, M_rows, ff, dio, dio_fixed, gain)
+    cc.cache["static"] = (key, static)
+    return static
 
 
-def _diodes(cc: Compiled, ext_u: torch.Tensor, gain: torch.Tensor, positions: list[torch.Tensor]) -> _Diodes:
+def _assemble(cc: Compiled, u: torch.Tensor, beta, target) -> _Ops:
+    """Quadratic part of the energy in the free voltages for one batch of sources: D
+    (diagonal), M (free-free couplings) and f_fixed (what the sources push in), plus the
+    diodes. The parameter-only parts come from the cache."""
+    st = _static(cc)
+    nf, dev, dt = cc.n_free, cc.device, cc.dtype
+    B = u.shape[0]
+    ext_u = torch.cat([u, u.new_zeros(B, 1)], dim=1)  # [u | ground], indexed by root - nf
+    f = ext_u @ st.K + st.f_const
+    D, D_fix = st.D[None].expand(B, -1), st.D_fix[None]
+    if target is not None and cc.outputs.numel():
+        beta = torch.as_tensor(beta, dtype=dt, device=dev).reshape(-1, 1)
+        r, go = cc.root[cc.outputs], st.gain[cc.outputs]
+        if bool((r >= nf).any()):
+            raise ValueError("an output node is fixed: it cannot be nudged")
+        D = D.index_add(1, r, (beta * go * go).expand(B, -1))
+        D_fix = D_fix.expand(B, -1).index_add(1, r, (beta * go * go).expand(B, -1))
+        f = f.index_add(1, r, beta * go * target)
+    d, idx, k = st.dio_fixed
+    v_fixed = torch.zeros(B, st.dio.IS.numel(), dtype=dt, device=dev).index_add(1, d, k * ext_u[:, idx])
+    return _Ops(D, f, st.M, st.M_rows, st.ff, D_fix, dataclasses.replace(st.dio, v_fixed=v_fixed))
+
+
+def _diodes(cc: Compiled, gain: torch.Tensor, positions: list[torch.Tensor]):
+    """Concatenated diode parameters and incidences (overall and per colour), and the fixed
+    terminals as (diode, index into [u | 0], κ)."""
     nf, p, dev, dt = cc.n_free, cc.params, cc.device, cc.dtype
     cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
-    terminals, IS, nvt, ideal = [], [], [], []
-    for d in cc.diodes:
-        terminals.append((d.anode, d.cathode))
-        IS.append(p[f"IS:{d.name}"]), nvt.append(p[f"N:{d.name}"] * cc.vt)
-        ideal.append(torch.full((d.anode.numel(),), d.ideal, dtype=torch.bool, device=dev))
-    anode = cat([a for a, _ in terminals], torch.long)
-    cathode = cat([c for _, c in terminals], torch.long)
+    anode = cat([d.anode for d in cc.diodes], torch.long)
+    cathode = cat([d.cathode for d in cc.diodes], torch.long)
+    IS = cat([p[f"IS:{d.name}"] for d in cc.diodes])
+    nvt = cat([p[f"N:{d.name}"] * cc.vt for d in cc.diodes])
+    ideal = cat([torch.full((d.anode.numel(),), d.ideal, dtype=torch.bool, device=dev) for d in cc.diodes],
+                torch.bool)
     index = torch.arange(anode.numel(), device=dev)
-    v_fixed = torch.zeros(ext_u.shape[0], anode.numel(), dtype=dt, device=dev)
-    inc_d, inc_root, inc_kap = [], [], []
+    inc_d, inc_root, inc_kap, fix_d, fix_idx, fix_kap = [], [], [], [], [], []
     for term, sign in ((anode, 1.0), (cathode, -1.0)):  # κ = ±gain of the terminal
         r, k = cc.root[term], sign * gain[term]
         free = r < nf
-        v_fixed[:, ~free] += k[~free] * ext_u[:, r[~free] - nf]
         inc_d.append(index[free]), inc_root.append(r[free]), inc_kap.append(k[free])
-    ideal = cat(ideal, torch.bool)
+        fix_d.append(index[~free]), fix_idx.append(r[~free] - nf), fix_kap.append(k[~free])
     inc = _Incidences(cat(inc_d, torch.long), cat(inc_root, torch.long), cat(inc_kap))
     is_ideal = ideal[inc.d]
     by_colour = [(inc.subset((pos[inc.root] >= 0) & ~is_ideal, pos), inc.subset((pos[inc.root] >= 0) & is_ideal, pos))
                  for pos in positions]
-    return _Diodes(cat(IS), cat(nvt), ideal, v_fixed, inc, inc.subset(~is_ideal), inc.subset(is_ideal), by_colour)
+    empty = torch.zeros(1, anode.numel(), dtype=dt, device=dev)
+    dio = _Diodes(IS, nvt, ideal, empty, inc, inc.subset(~is_ideal), inc.subset(is_ideal), by_colour)
+    return dio, (cat(fix_d, torch.long), cat(fix_idx, torch.long), cat(fix_kap))
 
 
 def _diode_iv(v, IS, nvt):
