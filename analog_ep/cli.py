@@ -198,6 +198,84 @@ def compare(
                f"speed ratio {cmp.speedup:.0f}x")
 
 
+@app.command()
+@_guard
+def train(
+    config: Path = typer.Option(..., help="TOML config (see examples/)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    epochs: Optional[int] = typer.Option(None, help="Override the config's number of epochs."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<config name>)."),
+    resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Train a circuit with Equilibrium Propagation in the emulator."""
+    from .spice.netlist import save_deck
+    from .train import Config, Trainer, TrainingError, load_checkpoint
+    from .train.plots import conductance_histogram, learning_curve
+
+    cfg = Config.load(config)
+    if epochs is not None:
+        cfg.train.epochs = epochs
+    out = out or Path("runs") / cfg.name
+    ckpt = out / "checkpoint.pt"
+    if resume:
+        trainer = load_checkpoint(ckpt, device=device)
+        trainer.cfg.train.epochs = cfg.train.epochs
+    else:
+        if ckpt.exists():
+            _fail(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+        trainer = Trainer(cfg, device=device, out=out)
+    typer.echo(f"{cfg.name}: {trainer.circuit.summary()}; {trainer.data.splits}", err=True)
+    try:
+        trainer.fit(progress=progress)
+    except TrainingError as e:
+        _fail(f"{e} (last good checkpoint: {ckpt if ckpt.exists() else 'none'})")
+    test_error = trainer.error(trainer.data.x_test, trainer.data.y_test)
+    if trainer.history:
+        learning_curve(trainer.history, out / "learning_curve.png")
+    conductance_histogram({k: trainer.cc.params[k] for k in trainer.keys}, out / "conductances.png",
+                          trainer.cfg.train.g_max)
+    deck = save_deck(trainer.cc.to_circuit(), out / "trained.cir")
+    (out / "test.json").write_text(json.dumps(dict(test_error=test_error, n=len(trainer.data.y_test))))
+    typer.echo(f"test error {100 * test_error:.2f} % on {len(trainer.data.y_test)} images; "
+               f"wrote {ckpt}, {deck}, metrics.csv/json and plots in {out}")
+
+
+@app.command()
+@_guard
+def evaluate(
+    checkpoint: Path = typer.Option(..., help="Checkpoint file or run directory."),
+    dataset: Optional[str] = typer.Option(None, help="mnist, fashion or digits (default: the training set's)."),
+    spice: int = typer.Option(0, help="Also run this many test images through ngspice and compare."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
+):
+    """Test error of a trained circuit in the emulator; with --spice N, the proof in ngspice."""
+    import numpy as np
+
+    from .data import load_dataset
+    from .train import load_checkpoint
+    from .train.verify import spice_check
+
+    trainer = load_checkpoint(checkpoint, device=device,
+                              data=None if dataset is None else load_dataset(dataset))
+    d = trainer.data
+    test_error = trainer.error(d.x_test, d.y_test)
+    result = dict(checkpoint=str(checkpoint), dataset=d.name, test_error=test_error, n=len(d.y_test),
+                  epoch=trainer.epoch)
+    if spice > 0:
+        chk = spice_check(trainer.cc.to_circuit(), np.asarray(d.x_test[:spice], dtype=np.float64), d.y_test[:spice])
+        result.update(spice_n=chk.n, spice_agree=chk.agree, max_abs_dv=chk.max_abs_dv,
+                      spice_seconds=chk.spice_seconds, spice_errors=chk.spice_errors)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"{d.name} test error {100 * test_error:.2f} % on {result['n']} images (epoch {trainer.epoch})")
+        if spice > 0:
+            typer.echo(f"ngspice agrees with the emulator on {result['spice_agree']}/{spice} digits; "
+                       f"max |dV| {result['max_abs_dv']:.2g} V; {result['spice_seconds']:.1f} s in ngspice")
+
+
 def main() -> None:
     app(prog_name="analog-ep")
 

@@ -17,6 +17,7 @@ conductance and V_scale the largest source voltage: rtol is a relative voltage e
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ class _Diodes:
 
     IS: torch.Tensor
     nvt: torch.Tensor
+    vcrit: torch.Tensor  # n V_T ln(n V_T / (√2 IS)): above it Newton steps are limited, as in SPICE
     ideal: torch.Tensor  # (n_d,) bool
     v_fixed: torch.Tensor  # (B, n_d)
     inc: _Incidences
@@ -236,7 +238,8 @@ def _diodes(cc: Compiled, gain: torch.Tensor, positions: list[torch.Tensor]):
     by_colour = [(inc.subset((pos[inc.root] >= 0) & ~is_ideal, pos), inc.subset((pos[inc.root] >= 0) & is_ideal, pos))
                  for pos in positions]
     empty = torch.zeros(1, anode.numel(), dtype=dt, device=dev)
-    dio = _Diodes(IS, nvt, ideal, empty, inc, inc.subset(~is_ideal), inc.subset(is_ideal), by_colour)
+    vcrit = nvt * torch.log(nvt / (math.sqrt(2.0) * IS))
+    dio = _Diodes(IS, nvt, vcrit, ideal, empty, inc, inc.subset(~is_ideal), inc.subset(is_ideal), by_colour)
     return dio, (cat(fix_d, torch.long), cat(fix_idx, torch.long), cat(fix_kap))
 
 
@@ -283,6 +286,16 @@ def _clip_to_clamps(x: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, w: torc
     return torch.minimum(torch.maximum(x, lo), hi)
 
 
+def _limit_step(step: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, rise: torch.Tensor) -> torch.Tensor:
+    """Clip each node's step so that none of its diodes' voltages (v = k·x + w) rises by more
+    than ``rise``·|k|; falling is never limited."""
+    inf = torch.full_like(step, float("inf"))
+    idx = loc.expand_as(rise)
+    hi = inf.scatter_reduce(1, idx, torch.where(k > 0, rise, float("inf")), "amin")
+    lo = (-inf).scatter_reduce(1, idx, torch.where(k < 0, -rise, -float("inf")), "amax")
+    return torch.minimum(torch.maximum(step, lo), hi)
+
+
 def _bcd_sweep(cc: Compiled, ops: _Ops, s: torch.Tensor, inner: int) -> torch.Tensor:
     dio = ops.dio
     for c, colour in enumerate(cc.colours):
@@ -292,15 +305,20 @@ def _bcd_sweep(cc: Compiled, ops: _Ops, s: torch.Tensor, inner: int) -> torch.Te
         shock, clamps = dio.by_colour[c]
         if shock.d.numel() or clamps.d.numel():
             v = dio.voltages(s)
-        if shock.d.numel():  # warm-started Newton on each node's convex 1-D problem
+        if shock.d.numel():  # warm-started, step-limited Newton on each node's convex 1-D problem
             w = v[:, shock.d] - shock.kap * s[:, shock.root]  # the part not set by this node
-            IS, nvt = dio.IS[shock.d], dio.nvt[shock.d]
-            x = s[:, colour].clone()
+            IS, nvt, vcrit = dio.IS[shock.d], dio.nvt[shock.d], dio.vcrit[shock.d]
+            # a start far into forward bias (e.g. the linear first guess) restarts at the knee
+            x = _clip_to_clamps(s[:, colour], shock.loc, shock.kap, w - vcrit - 10 * nvt)
+            akap = shock.kap.abs()
             for _ in range(inner):
-                i, di = _diode_iv(w + shock.kap * x[:, shock.loc], IS, nvt)
+                vd = w + shock.kap * x[:, shock.loc]
+                i, di = _diode_iv(vd, IS, nvt)
                 grad = (Dc * x - f).index_add(1, shock.loc, shock.kap * i)
                 hess = Dc.expand_as(x).index_add(1, shock.loc, shock.kap * shock.kap * di)
-                x = x - grad / hess
+                # a diode's voltage may rise freely up to its knee, then by 2 n V_T per step
+                rise = (torch.clamp(vcrit - vd, min=0.0) + 2 * nvt) / akap
+                x = x + _limit_step(-grad / hess, shock.loc, shock.kap, rise)
         if clamps.d.numel():
             w = v[:, clamps.d] - clamps.kap * s[:, clamps.root]
             x = _clip_to_clamps(x, clamps.loc, clamps.kap, w)

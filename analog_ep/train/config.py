@@ -1,0 +1,102 @@
+"""Training configuration: a dataclass tree read from TOML, with every quantity in SI units."""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"  # mnist | fashion | digits
+    batch_size: int = 128
+    train_subset: int | None = None  # use only the first N training images (quick runs)
+
+
+@dataclass
+class CircuitConfig:
+    layers: str = "784,100,10"
+    seed: int = 0
+    amplifier_gain: float | None = 4.0
+    diode: str = "1e-14,1"  # 'IS,N' (Shockley, exported as is) or 'ideal' (emulator-only clamp)
+    clamp: tuple[float, float] = (0.6, 0.4)  # clamp source voltages (low, high), V
+    g_init: tuple[float, float] = (1e-7, 1e-5)  # S
+    bias: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    optimizer: str = "adam"  # sgd | adam
+    lr: list[float] = field(default_factory=lambda: [2e-7, 2e-7])  # per layer, S per step (Adam) or S²/V² (SGD)
+    momentum: float = 0.0
+    beta: float = 1e-4  # nudge conductance, S
+    nudging: str = "centered"  # positive | centered | random
+    g_min: float = 0.0  # S
+    g_max: float = 1e-4  # S
+    target: tuple[float, float] = (0.0, 1.0)  # output target voltages (wrong class, right class)
+    dtype: str = "float32"
+    rtol: float = 1e-4  # settle tolerance (relative voltage error)
+    max_iters: int = 200
+    seed: int = 0
+    eval_batch: int = 1000
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    expected: str = ""  # the result and time the config is expected to give (documentation)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Config":
+        sections = {"data": DataConfig, "circuit": CircuitConfig, "train": TrainConfig}
+        unknown = set(raw) - set(sections) - {"name", "expected"}
+        if unknown:
+            raise ValueError(f"unknown config section(s): {sorted(unknown)}")
+        kwargs = {k: raw[k] for k in ("name", "expected") if k in raw}
+        for key, kind in sections.items():
+            part = dict(raw.get(key, {}))
+            names = {f.name for f in dataclasses.fields(kind)}
+            bad = set(part) - names
+            if bad:
+                raise ValueError(f"[{key}]: unknown setting(s) {sorted(bad)}")
+            for f in dataclasses.fields(kind):
+                if f.name in part and isinstance(part[f.name], list) and "tuple" in str(f.type):
+                    part[f.name] = tuple(part[f.name])
+            kwargs[key] = kind(**part)
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such config: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: invalid TOML: {e}") from None
+        raw.setdefault("name", path.stem)
+        return cls.from_dict(raw)
+
+    def validate(self) -> None:
+        t = self.train
+        if t.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"train.optimizer must be sgd or adam, not {t.optimizer!r}")
+        if t.nudging not in ("positive", "centered", "random"):
+            raise ValueError(f"train.nudging must be positive, centered or random, not {t.nudging!r}")
+        if t.dtype not in ("float32", "float64"):
+            raise ValueError("train.dtype must be float32 or float64")
+        if not (0 <= t.g_min < t.g_max) or t.beta <= 0 or t.epochs < 0 or self.data.batch_size < 1:
+            raise ValueError("need 0 <= g_min < g_max, beta > 0, epochs >= 0, batch_size >= 1")
+        n_layers = len([s for s in self.circuit.layers.split(",") if s.strip()]) - 1
+        if len(t.lr) not in (1, n_layers):
+            raise ValueError(f"train.lr: give one learning rate or one per layer ({n_layers})")

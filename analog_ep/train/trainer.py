@@ -1,0 +1,207 @@
+"""EP training of a layered analog circuit in the emulator, with checkpoints that resume
+exactly, per-epoch metrics, and plots."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..circuit import DiodeModel, layered
+from ..circuit.ir import Circuit
+from ..data import Dataset, load_dataset
+from ..emulator import compile_circuit, settle
+from ..emulator.ep import ep_gradient
+from .config import Config
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN, divergence); the last good checkpoint is kept."""
+
+
+def build_circuit(cfg: Config) -> Circuit:
+    c = cfg.circuit
+    diode = None if c.diode.strip().lower() == "none" else DiodeModel.parse(c.diode)
+    return layered(c.layers, seed=c.seed, amplifier_gain=c.amplifier_gain, diode=diode, clamp=tuple(c.clamp),
+                   g_init=tuple(c.g_init), bias=c.bias, inputs=np.zeros(int(c.layers.split(",")[0])))
+
+
+def targets(cfg: Config, labels: torch.Tensor, n_out: int, dtype) -> torch.Tensor:
+    low, high = cfg.train.target
+    y = torch.full((labels.shape[0], n_out), low, dtype=dtype)
+    y[torch.arange(labels.shape[0]), labels] = high
+    return y
+
+
+def layer_of(key: str) -> int:
+    """Layer index (1-based) of a trainable key such as 'g:w2p' or 'g:b1n'."""
+    return int(key[3:-1])
+
+
+@dataclass
+class Metrics:
+    epoch: int
+    train_loss: float
+    train_error: float
+    val_error: float
+    seconds: float
+    mean_sweeps: float
+
+
+class Trainer:
+    def __init__(self, cfg: Config, device: str = "cpu", out: Path | None = None, data: Dataset | None = None):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.dtype = torch.float32 if cfg.train.dtype == "float32" else torch.float64
+        self.out = Path(out) if out is not None else None
+        self.data = data if data is not None else load_dataset(cfg.data.dataset)
+        self.circuit = build_circuit(cfg)
+        n_in = int(cfg.circuit.layers.split(",")[0])
+        if n_in != self.data.n_features:
+            raise ValueError(f"circuit has {n_in} inputs, dataset {self.data.name} has {self.data.n_features} features")
+        torch.manual_seed(cfg.train.seed)
+        self.cc = compile_circuit(self.circuit, dtype=self.dtype, device=self.device)
+        self.keys = list(self.cc.trainable)
+        self.n_out = len(self.cc.outputs)
+        t = cfg.train
+        lrs = t.lr * (len(self.keys)) if len(t.lr) == 1 else t.lr
+        groups = [dict(params=[self.cc.params[k]], lr=lrs[layer_of(k) - 1] if len(t.lr) > 1 else t.lr[0], name=k)
+                  for k in self.keys]
+        if t.optimizer == "adam":
+            self.opt = torch.optim.Adam(groups)
+        else:
+            self.opt = torch.optim.SGD(groups, momentum=t.momentum)
+        self.gen = torch.Generator().manual_seed(t.seed)
+        self.epoch = 0
+        self.history: list[Metrics] = []
+        self.project()
+
+    # ------------------------------------------------------------------ state
+    def project(self) -> None:
+        """Conductances stay in [g_min, g_max] after every update, as devices do."""
+        with torch.no_grad():
+            for k in self.keys:
+                self.cc.params[k].clamp_(self.cfg.train.g_min, self.cfg.train.g_max)
+
+    def state(self) -> dict:
+        return dict(config=self.cfg.to_dict(), epoch=self.epoch,
+                    params={k: self.cc.params[k].detach().cpu().clone() for k in self.keys},
+                    optimizer=self.opt.state_dict(), rng=self.gen.get_state(),
+                    history=[m.__dict__ for m in self.history])
+
+    def load_state(self, state: dict) -> None:
+        with torch.no_grad():
+            for k in self.keys:
+                self.cc.params[k].copy_(state["params"][k].to(self.device, self.dtype))
+        self.opt.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.history = [Metrics(**m) for m in state["history"]]
+
+    def save(self) -> Path:
+        """Write the checkpoint atomically (a kill mid-write leaves the previous one)."""
+        assert self.out is not None
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / (CHECKPOINT + ".tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(self.out / CHECKPOINT)
+        return self.out / CHECKPOINT
+
+    # ------------------------------------------------------------------ EP
+    def _settle_kw(self) -> dict:
+        return dict(rtol=self.cfg.train.rtol, max_iters=self.cfg.train.max_iters)
+
+    def step(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, int]:
+        """One EP update on a minibatch; returns (mean loss, error rate, free-phase sweeps)."""
+        u = self.cc.inputs_to_sources(x.to(self.device, self.dtype))
+        y = targets(self.cfg, labels, self.n_out, self.dtype).to(self.device)
+        ep = ep_gradient(self.cc, u, y, self.cfg.train.beta, mode=self.cfg.train.nudging, keys=self.keys,
+                         generator=self.gen, **self._settle_kw())
+        for k in self.keys:
+            g = ep.grads[k]
+            if not bool(torch.isfinite(g).all()):
+                raise TrainingError(f"non-finite EP gradient for {k}")
+            self.cc.params[k].grad = g
+        self.opt.step()
+        self.project()
+        out = ep.free.V[:, self.cc.outputs]
+        err = float((out.argmax(1).cpu() != labels).float().mean())
+        return float(ep.loss.mean()), err, ep.free.iterations
+
+    def predict(self, x: np.ndarray | torch.Tensor, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output voltages (n, n_out) and predicted classes of the free phase."""
+        batch = batch or self.cfg.train.eval_batch
+        outs = []
+        for i in range(0, len(x), batch):
+            xb = torch.as_tensor(np.asarray(x[i:i + batch]), dtype=self.dtype, device=self.device)
+            res = settle(self.cc, self.cc.inputs_to_sources(xb), **self._settle_kw())
+            outs.append(res.V[:, self.cc.outputs].cpu())
+        V = torch.cat(outs)
+        return V, V.argmax(1)
+
+    def error(self, x, y) -> float:
+        _, pred = self.predict(x)
+        return float((pred != torch.as_tensor(y)).float().mean())
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, epochs: int | None = None, progress: bool = True) -> list[Metrics]:
+        from tqdm import tqdm
+
+        total = self.cfg.train.epochs if epochs is None else epochs
+        d, bs = self.data, self.cfg.data.batch_size
+        n = len(d.x_train) if self.cfg.data.train_subset is None else min(self.cfg.data.train_subset, len(d.x_train))
+        x_all, y_all = torch.as_tensor(d.x_train[:n]), torch.as_tensor(d.y_train[:n])
+        while self.epoch < total:
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=self.gen)
+            losses, errs, sweeps = [], [], []
+            bar = tqdm(range(0, n, bs), desc=f"epoch {self.epoch + 1}/{total}", disable=not progress, leave=False)
+            for i in bar:
+                idx = perm[i:i + bs]
+                loss, err, it = self.step(x_all[idx], y_all[idx])
+                if not math.isfinite(loss) or loss > 1e6:
+                    raise TrainingError(f"loss diverged ({loss}) in epoch {self.epoch + 1}; "
+                                        f"the last good checkpoint is kept in {self.out}")
+                losses.append(loss), errs.append(err), sweeps.append(it)
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", err=f"{np.mean(errs[-50:]):.3f}")
+            self.epoch += 1
+            m = Metrics(self.epoch, float(np.mean(losses)), float(np.mean(errs)), self.error(d.x_val, d.y_val),
+                        time.perf_counter() - t0, float(np.mean(sweeps)))
+            self.history.append(m)
+            if progress:
+                print(f"epoch {m.epoch}: train loss {m.train_loss:.4f}, train error {m.train_error:.4f}, "
+                      f"val error {m.val_error:.4f}, {m.seconds:.1f} s", flush=True)
+            if self.out is not None:
+                self.save()
+                self.write_metrics()
+        return self.history
+
+    def write_metrics(self) -> None:
+        rows = [m.__dict__ for m in self.history]
+        (self.out / "metrics.json").write_text(json.dumps(rows, indent=1))
+        with (self.out / "metrics.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu", data: Dataset | None = None) -> Trainer:
+    """A Trainer restored from a checkpoint (loaded with ``weights_only=True``: tensors and
+    plain Python values only, never arbitrary pickled objects)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = Config.from_dict(state["config"])
+    trainer = Trainer(cfg, device=device, out=path.parent, data=data)
+    trainer.load_state(state)
+    return trainer

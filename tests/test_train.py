@@ -1,0 +1,140 @@
+"""Data loading, configs and EP training on scikit-learn's 8x8 digits (real data, seconds)."""
+import gzip
+import json
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from analog_ep.cli import app
+from analog_ep.data import load_dataset, restricted_pickle_load
+from analog_ep.data.datasets import DataError, read_idx
+from analog_ep.train import Config, Trainer, TrainingError, load_checkpoint
+
+runner = CliRunner()
+DIGITS = load_dataset("digits")
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/analog_ep_pwned",))
+
+
+def test_restricted_unpickler_admits_arrays_only(tmp_path):
+    arrays = ((np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2])),)
+    np.testing.assert_array_equal(restricted_pickle_load(pickle.dumps(arrays, protocol=2))[0][0], arrays[0][0])
+    with pytest.raises(pickle.UnpicklingError, match="refused global"):
+        restricted_pickle_load(pickle.dumps(Evil()))
+    assert not os.path.exists("/tmp/analog_ep_pwned")
+
+
+def test_idx_reader(tmp_path):
+    data = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    raw = b"\x00\x00\x08\x03" + struct.pack(">3I", 2, 3, 4) + data.tobytes()
+    (tmp_path / "a.gz").write_bytes(gzip.compress(raw))
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), data)
+    (tmp_path / "b").write_bytes(b"\x00\x00\x0d\x01" + struct.pack(">I", 1) + b"\x00" * 4)
+    with pytest.raises(DataError, match="IDX"):
+        read_idx(tmp_path / "b")
+
+
+def test_digits_splits():
+    assert (len(DIGITS.x_train), len(DIGITS.x_val), len(DIGITS.x_test)) == (1197, 300, 300)
+    assert DIGITS.x_train.min() >= 0 and DIGITS.x_train.max() <= 1 and DIGITS.n_features == 64
+
+
+def tiny_config(**train):
+    raw = dict(name="tiny", data=dict(dataset="digits", batch_size=32),
+               circuit=dict(layers="64,32,10", amplifier_gain=4.0, diode="1e-14,1", clamp=[0.6, 0.4],
+                            g_init=[1e-6, 1e-5]),
+               train={**dict(epochs=2, lr=[2e-6], beta=2e-5, target=[0.0, 0.2], dtype="float64", g_max=1e-4),
+                      **train})
+    return Config.from_dict(raw)
+
+
+@pytest.mark.parametrize("section, message", [
+    (dict(train=dict(optimizer="rmsprop")), "optimizer"),
+    (dict(train=dict(nudging="sideways")), "nudging"),
+    (dict(train=dict(lr=[1e-7, 1e-7, 1e-7])), "one per layer"),
+    (dict(train=dict(colour="red")), "unknown setting"),
+    (dict(model=dict()), "unknown config section"),
+])
+def test_config_errors(section, message):
+    with pytest.raises(ValueError, match=message):
+        Config.from_dict(section)
+
+
+def test_training_learns_and_conductances_stay_in_range():
+    cfg = tiny_config(epochs=3)
+    tr = Trainer(cfg, data=DIGITS)
+    before = tr.error(DIGITS.x_val, DIGITS.y_val)
+    tr.fit(progress=False)
+    after = tr.history[-1].val_error
+    assert before > 0.5 and after < 0.25, (before, after)
+    for k in tr.keys:
+        g = tr.cc.params[k]
+        assert float(g.min()) >= cfg.train.g_min and float(g.max()) <= cfg.train.g_max
+
+
+def test_kill_and_resume_gives_the_same_run(tmp_path):
+    full = Trainer(tiny_config(nudging="random"), data=DIGITS, out=tmp_path / "a")
+    full.fit(progress=False)
+    part = Trainer(tiny_config(nudging="random"), data=DIGITS, out=tmp_path / "b")
+    part.fit(epochs=1, progress=False)
+    del part  # "killed" after epoch 1: only the checkpoint survives
+    resumed = load_checkpoint(tmp_path / "b", data=DIGITS)
+    assert resumed.epoch == 1
+    resumed.fit(progress=False)
+    for k in full.keys:
+        torch.testing.assert_close(resumed.cc.params[k], full.cc.params[k], rtol=0, atol=0)
+    assert [m.val_error for m in resumed.history] == [m.val_error for m in full.history]
+    assert [m.train_loss for m in resumed.history] == [m.train_loss for m in full.history]
+
+
+def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path):
+    tr = Trainer(tiny_config(epochs=1), data=DIGITS, out=tmp_path)
+    tr.fit(progress=False)
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+    tr.data.x_train[5, 3] = np.nan
+    tr.cfg.train.epochs = 2
+    with pytest.raises(Exception, match="non-finite|diverged|not converged"):
+        tr.fit(progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+
+
+@pytest.mark.spice
+def test_cli_train_evaluate_and_spice_verification(tmp_path, monkeypatch):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text("""
+name = "tiny"
+[data]
+dataset = "digits"
+batch_size = 32
+[circuit]
+layers = "64,32,10"
+amplifier_gain = 4.0
+clamp = [0.6, 0.4]
+g_init = [1e-6, 1e-5]
+[train]
+epochs = 2
+lr = [2e-6]
+beta = 2e-5
+target = [0.0, 0.2]
+""")
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    for name in ("checkpoint.pt", "metrics.csv", "metrics.json", "learning_curve.png", "conductances.png",
+                 "trained.cir"):
+        assert (out / name).exists(), name
+    res = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(out)])
+    assert res.exit_code == 2 and "--resume" in res.stderr
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "--spice", "10", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["n"] == 300 and 0 <= got["test_error"] < 0.5
+    assert got["spice_n"] == 10 and got["spice_agree"] == 10 and got["max_abs_dv"] < 1e-6
