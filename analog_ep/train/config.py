@@ -23,6 +23,7 @@ class CircuitConfig:
     clamp: tuple[float, float] = (0.6, 0.4)  # clamp source voltages (low, high), V
     g_init: tuple[float, float] = (1e-7, 1e-5)  # S
     bias: bool = True
+    input_voltage: float = 1.0  # V applied for a pixel value of 1 (sets signal size vs the diode knees)
 
 
 @dataclass

@@ -118,9 +118,14 @@ class Trainer:
     def _settle_kw(self) -> dict:
         return dict(rtol=self.cfg.train.rtol, max_iters=self.cfg.train.max_iters)
 
+    def sources(self, x) -> torch.Tensor:
+        """Source voltages for a batch of pixel rows: pixel 1 -> circuit.input_voltage volts."""
+        x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+        return self.cc.inputs_to_sources(x.to(self.device, self.dtype) * self.cfg.circuit.input_voltage)
+
     def step(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, int]:
         """One EP update on a minibatch; returns (mean loss, error rate, free-phase sweeps)."""
-        u = self.cc.inputs_to_sources(x.to(self.device, self.dtype))
+        u = self.sources(x)
         y = targets(self.cfg, labels, self.n_out, self.dtype).to(self.device)
         ep = ep_gradient(self.cc, u, y, self.cfg.train.beta, mode=self.cfg.train.nudging, keys=self.keys,
                          generator=self.gen, **self._settle_kw())
@@ -140,8 +145,7 @@ class Trainer:
         batch = batch or self.cfg.train.eval_batch
         outs = []
         for i in range(0, len(x), batch):
-            xb = torch.as_tensor(np.asarray(x[i:i + batch]), dtype=self.dtype, device=self.device)
-            res = settle(self.cc, self.cc.inputs_to_sources(xb), **self._settle_kw())
+            res = settle(self.cc, self.sources(x[i:i + batch]), **self._settle_kw())
             outs.append(res.V[:, self.cc.outputs].cpu())
         V = torch.cat(outs)
         return V, V.argmax(1)

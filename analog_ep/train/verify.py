@@ -25,7 +25,7 @@ class SpiceCheck:
 
 
 def spice_check(circuit, x: np.ndarray, labels: np.ndarray, jobs: int | None = None) -> SpiceCheck:
-    """Run each input row through ngspice (Norton-folded deck: same voltages, ~0.03 s each)
+    """Run each row of input voltages ``x`` through ngspice (Norton-folded deck: same voltages, ~0.03 s each)
     and through the emulator in float64 with SPICE's gmin; compare."""
     if any(d.ideal for d in circuit.groups(Diodes)):
         raise ValueError("the circuit has ideal clamps, which SPICE cannot simulate exactly; "
