@@ -74,6 +74,7 @@ def export(
     layers: Optional[str] = typer.Option(None, help="Layer sizes, e.g. 784,100,10 (inputs become +/-x source pairs)."),
     graph: Optional[Path] = typer.Option(None, help="GraphML/GML file: nodes with 'role' (input|bias|hidden|output) "
                                                     "and 'v' for inputs/biases; edges with signed 'weight' in siemens."),
+    checkpoint: Optional[Path] = typer.Option(None, help="A trained checkpoint: export its circuit."),
     output: Path = typer.Option(..., "-o", "--output", help="Deck file to write."),
     seed: int = typer.Option(0, help="Seed of the random conductances and the default input pattern."),
     phase: Phase = typer.Option(Phase.free, help="free, or nudged (adds beta conductances to target sources)."),
@@ -82,7 +83,8 @@ def export(
     amplifier_gain: Optional[float] = typer.Option(None, help="Bidirectional amplifiers of this gain between layers."),
     diode: str = typer.Option("1e-14,1", help="Clamp diodes: 'IS,N', 'IS,N,RS', 'ideal' or 'none'."),
     g_init: str = typer.Option("1e-7,1e-5", help="Range of the initial conductances, siemens: low,high."),
-    inputs: Optional[str] = typer.Option(None, help="Input voltages, comma-separated (default: random in [0,1])."),
+    inputs: Optional[str] = typer.Option(None, help="Inputs, comma-separated (default: random in [0,1]; with "
+                                                     "--checkpoint, pixel values scaled by its input_voltage)."),
     norton: bool = typer.Option(False, help="Fold input sources into Norton equivalents (same voltages, much faster SPICE)."),
     pyspice: bool = typer.Option(False, help="Build the deck through PySpice's Circuit API instead of plain text."),
 ):
@@ -91,10 +93,19 @@ def export(
     from .circuit.transforms import fold_sources
     from .spice.netlist import save_deck
 
-    if (layers is None) == (graph is None):
-        _fail("give exactly one of --layers or --graph")
+    if sum(x is not None for x in (layers, graph, checkpoint)) != 1:
+        _fail("give exactly one of --layers, --graph or --checkpoint")
     dmodel = None if diode.strip().lower() == "none" else DiodeModel.parse(diode)
-    if layers is not None:
+    if checkpoint is not None:
+        from .train import load_checkpoint
+
+        trainer = load_checkpoint(checkpoint)
+        circuit = trainer.cc.to_circuit()
+        if inputs is not None:
+            volts = [v * trainer.cfg.circuit.input_voltage for v in _floats(inputs, "--inputs")]
+            circuit = circuit.with_sources({**{f"x{i}p": v for i, v in enumerate(volts)},
+                                            **{f"x{i}n": -v for i, v in enumerate(volts)}})
+    elif layers is not None:
         lo_hi = _floats(g_init, "--g-init")
         if len(lo_hi) != 2:
             _fail("--g-init: expected low,high")
@@ -102,7 +113,7 @@ def export(
                           inputs=None if inputs is None else _floats(inputs, "--inputs"))
     else:
         if amplifier_gain is not None or inputs is not None:
-            _fail("--amplifier-gain and --inputs apply to --layers; set graph inputs with the nodes' 'v'")
+            _fail("--amplifier-gain and --inputs apply to --layers or --checkpoint; set graph inputs with the nodes' 'v'")
         circuit = from_graph(load_graph(graph), diode=dmodel)
     if phase is Phase.nudged:
         if target is None:
@@ -275,6 +286,21 @@ def evaluate(
         if spice > 0:
             typer.echo(f"ngspice agrees with the emulator on {result['spice_agree']}/{spice} digits; "
                        f"max |dV| {result['max_abs_dv']:.2g} V; {result['spice_seconds']:.1f} s in ngspice")
+
+
+@app.command()
+@_guard
+def pack(
+    checkpoint: Path = typer.Option(..., help="Checkpoint file or run directory."),
+    output: Path = typer.Option(..., "-o", "--output", help="Packed checkpoint to write."),
+    half: bool = typer.Option(False, help="Store conductances as float16 (halves the size)."),
+):
+    """Write a weights-only checkpoint (no optimizer/RNG state) for distribution."""
+    from .train import load_checkpoint
+
+    trainer = load_checkpoint(checkpoint)
+    path = trainer.pack(output, half=half)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); it evaluates and exports but cannot resume")
 
 
 def main() -> None:

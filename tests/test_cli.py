@@ -15,7 +15,7 @@ def test_help_lists_commands():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["export", "-o", "x.cir"], "exactly one of --layers or --graph"),
+    (["export", "-o", "x.cir"], "exactly one of --layers, --graph or --checkpoint"),
     (["export", "--layers", "4,x", "-o", "x.cir"], "layer spec"),
     (["export", "--layers", "4,2", "--phase", "nudged", "-o", "x.cir"], "--target"),
     (["export", "--layers", "4,2", "--phase", "nudged", "--target", "1", "-o", "x.cir"], "1 targets for 2"),

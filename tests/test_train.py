@@ -1,4 +1,5 @@
 """Data loading, configs and EP training on scikit-learn's 8x8 digits (real data, seconds)."""
+import dataclasses
 import gzip
 import json
 import os
@@ -11,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from analog_ep.cli import app
+from analog_ep.spice import read_deck
 from analog_ep.data import load_dataset, restricted_pickle_load
 from analog_ep.data.datasets import DataError, read_idx
 from analog_ep.train import Config, Trainer, TrainingError, load_checkpoint
@@ -96,10 +98,11 @@ def test_kill_and_resume_gives_the_same_run(tmp_path):
 
 
 def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path):
-    tr = Trainer(tiny_config(epochs=1), data=DIGITS, out=tmp_path)
+    data = dataclasses.replace(DIGITS, x_train=DIGITS.x_train.copy())  # poisoned below: a private copy
+    tr = Trainer(tiny_config(epochs=1), data=data, out=tmp_path)
     tr.fit(progress=False)
     saved = (tmp_path / "checkpoint.pt").read_bytes()
-    tr.data.x_train[5, 3] = np.nan
+    data.x_train[5, 3] = np.nan
     tr.cfg.train.epochs = 2
     with pytest.raises(Exception, match="non-finite|diverged|not converged"):
         tr.fit(progress=False)
@@ -133,8 +136,25 @@ target = [0.0, 0.2]
         assert (out / name).exists(), name
     res = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(out)])
     assert res.exit_code == 2 and "--resume" in res.stderr
+    deck = tmp_path / "trained.cir"
+    pixels = ",".join(f"{v:.4f}" for v in DIGITS.x_test[0])
+    res = runner.invoke(app, ["export", "--checkpoint", str(out), "--inputs", pixels, "-o", str(deck)])
+    assert res.exit_code == 0, res.output
+    exported = read_deck(deck)
+    assert exported.fixed_voltages()[exported.index("x5p")] == pytest.approx(float(f"{DIGITS.x_test[0][5]:.4f}"))
     res = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "--spice", "10", "--json"])
     assert res.exit_code == 0, res.output
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["n"] == 300 and 0 <= got["test_error"] < 0.5
     assert got["spice_n"] == 10 and got["spice_agree"] == 10 and got["max_abs_dv"] < 1e-6
+
+
+def test_packed_checkpoint_evaluates_like_the_original(tmp_path):
+    tr = Trainer(tiny_config(epochs=1), data=DIGITS, out=tmp_path / "run")
+    tr.fit(progress=False)
+    packed = tr.pack(tmp_path / "packed.pt")
+    again = load_checkpoint(packed, data=DIGITS)
+    assert again.error(DIGITS.x_test, DIGITS.y_test) == tr.error(DIGITS.x_test, DIGITS.y_test)
+    half = load_checkpoint(tr.pack(tmp_path / "half.pt", half=True), data=DIGITS)
+    assert abs(half.error(DIGITS.x_test, DIGITS.y_test) - tr.error(DIGITS.x_test, DIGITS.y_test)) <= 0.02
+    assert (tmp_path / "half.pt").stat().st_size < (tmp_path / "packed.pt").stat().st_size

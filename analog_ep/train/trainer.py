@@ -61,11 +61,8 @@ class Trainer:
         self.device = torch.device(device)
         self.dtype = torch.float32 if cfg.train.dtype == "float32" else torch.float64
         self.out = Path(out) if out is not None else None
-        self.data = data if data is not None else load_dataset(cfg.data.dataset)
+        self._data = data
         self.circuit = build_circuit(cfg)
-        n_in = int(cfg.circuit.layers.split(",")[0])
-        if n_in != self.data.n_features:
-            raise ValueError(f"circuit has {n_in} inputs, dataset {self.data.name} has {self.data.n_features} features")
         torch.manual_seed(cfg.train.seed)
         self.cc = compile_circuit(self.circuit, dtype=self.dtype, device=self.device)
         self.keys = list(self.cc.trainable)
@@ -82,6 +79,16 @@ class Trainer:
         self.epoch = 0
         self.history: list[Metrics] = []
         self.project()
+
+    @property
+    def data(self) -> Dataset:
+        """The dataset, loaded on first use (exporting a checkpoint needs none)."""
+        if self._data is None:
+            self._data = load_dataset(self.cfg.data.dataset)
+        n_in = int(self.cfg.circuit.layers.split(",")[0])
+        if n_in != self._data.n_features:
+            raise ValueError(f"circuit has {n_in} inputs, dataset {self._data.name} has {self._data.n_features} features")
+        return self._data
 
     # ------------------------------------------------------------------ state
     def project(self) -> None:
@@ -100,10 +107,23 @@ class Trainer:
         with torch.no_grad():
             for k in self.keys:
                 self.cc.params[k].copy_(state["params"][k].to(self.device, self.dtype))
-        self.opt.load_state_dict(state["optimizer"])
-        self.gen.set_state(state["rng"])
+        if "optimizer" in state:  # a packed (pretrained) checkpoint has weights only
+            self.opt.load_state_dict(state["optimizer"])
+            self.gen.set_state(state["rng"])
         self.epoch = int(state["epoch"])
         self.history = [Metrics(**m) for m in state["history"]]
+
+    def pack(self, path: Path, half: bool = False) -> Path:
+        """A small checkpoint for distribution: config, history and conductances (float16 with
+        ``half``), without optimizer or RNG state — it evaluates and exports, but cannot resume."""
+        state = self.state()
+        for k in ("optimizer", "rng"):
+            state.pop(k)
+        if half:
+            state["params"] = {k: v.half() for k, v in state["params"].items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+        return path
 
     def save(self) -> Path:
         """Write the checkpoint atomically (a kill mid-write leaves the previous one)."""
