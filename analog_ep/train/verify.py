@@ -5,14 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from ..circuit.ir import Diodes
-from ..circuit.transforms import fold_sources
-from ..emulator import compile_circuit, settle
-from ..spice.netlist import deck_options
-from ..spice.ngspice import run_op_many
-from ..spice.units import parse_value
+from ..circuit.ir import Diodes, Role
+from ..compare import compare, input_sources
 
 
 @dataclass
@@ -25,22 +20,17 @@ class SpiceCheck:
 
 
 def spice_check(circuit, x: np.ndarray, labels: np.ndarray, jobs: int | None = None) -> SpiceCheck:
-    """Run each row of input voltages ``x`` through ngspice (Norton-folded deck: same voltages, ~0.03 s each)
-    and through the emulator in float64 with SPICE's gmin; compare."""
+    """Run each row of input voltages ``x`` of a layered circuit through ngspice (Norton-folded
+    decks, ~0.03 s each) and through the emulator in float64 with SPICE's gmin; compare."""
     if any(d.ideal for d in circuit.groups(Diodes)):
         raise ValueError("the circuit has ideal clamps, which SPICE cannot simulate exactly; "
                          "train with Shockley diodes (circuit.diode = 'IS,N') to verify in SPICE")
     n_in = x.shape[1]
-    names = [f"x{i}p" for i in range(n_in)] + [f"x{i}n" for i in range(n_in)]
-    circuits = [fold_sources(circuit.with_sources(dict(zip(names, np.concatenate([row, -row]))))) for row in x]
-    ops = run_op_many(circuits, jobs=jobs)
-    outputs = [circuit.nodes[i] for i in circuit.nodes_with_role("output")]
-    spice_v = np.array([[op.node_voltages[o] for o in outputs] for op in ops])
-    spice_all = np.stack([op.vector(circuit) for op in ops])
-    cc = compile_circuit(circuit, dtype=torch.float64, gmin=parse_value(deck_options(circuit).get("gmin", "1e-12")))
-    res = settle(cc, x=torch.as_tensor(x, dtype=torch.float64))
-    emu_all = res.voltages_of(circuit.nodes).numpy()
-    emu_v = res.V[:, cc.outputs].numpy()
-    agree = int((spice_v.argmax(1) == emu_v.argmax(1)).sum())
-    return SpiceCheck(len(x), agree, float(np.abs(spice_all - emu_all).max()), sum(op.seconds for op in ops),
-                      int((spice_v.argmax(1) != labels).sum()))
+    pairs = [f"x{i}p" for i in range(n_in)] + [f"x{i}n" for i in range(n_in)]
+    if input_sources(circuit) != pairs:
+        raise ValueError("spice_check needs a layered circuit whose inputs are the x{i}p/x{i}n source pairs")
+    cmp = compare(circuit, np.concatenate([x, -x], axis=1), jobs=jobs, norton=True)
+    outputs = [cmp.nodes.index(circuit.nodes[i]) for i in circuit.nodes_with_role(Role.OUTPUT)]
+    spice_cls, emu_cls = cmp.spice[:, outputs].argmax(1), cmp.emulator[:, outputs].argmax(1)
+    return SpiceCheck(len(x), int((spice_cls == emu_cls).sum()), cmp.max_abs_dv, cmp.spice_seconds,
+                      int((spice_cls != np.asarray(labels)).sum()))
