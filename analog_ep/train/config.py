@@ -98,6 +98,8 @@ class Config:
             raise ValueError("train.dtype must be float32 or float64")
         if not (0 <= t.g_min < t.g_max) or t.beta <= 0 or t.epochs < 0 or self.data.batch_size < 1:
             raise ValueError("need 0 <= g_min < g_max, beta > 0, epochs >= 0, batch_size >= 1")
-        n_layers = len([s for s in self.circuit.layers.split(",") if s.strip()]) - 1
+        from ..circuit import parse_layers
+
+        n_layers = len(parse_layers(self.circuit.layers)) - 1
         if len(t.lr) not in (1, n_layers):
             raise ValueError(f"train.lr: give one learning rate or one per layer ({n_layers})")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..circuit import DiodeModel, layered
+from ..circuit import DiodeModel, layered, parse_layers
 from ..circuit.ir import Circuit
 from ..data import Dataset, load_dataset
 from ..emulator import compile_circuit, settle
@@ -30,7 +30,7 @@ def build_circuit(cfg: Config) -> Circuit:
     c = cfg.circuit
     diode = None if c.diode.strip().lower() == "none" else DiodeModel.parse(c.diode)
     return layered(c.layers, seed=c.seed, amplifier_gain=c.amplifier_gain, diode=diode, clamp=tuple(c.clamp),
-                   g_init=tuple(c.g_init), bias=c.bias, inputs=np.zeros(int(c.layers.split(",")[0])))
+                   g_init=tuple(c.g_init), bias=c.bias, inputs=np.zeros(parse_layers(c.layers)[0]))
 
 
 def targets(cfg: Config, labels: torch.Tensor, n_out: int, dtype) -> torch.Tensor:
@@ -68,9 +68,8 @@ class Trainer:
         self.keys = list(self.cc.trainable)
         self.n_out = len(self.cc.outputs)
         t = cfg.train
-        lrs = t.lr * (len(self.keys)) if len(t.lr) == 1 else t.lr
-        groups = [dict(params=[self.cc.params[k]], lr=lrs[layer_of(k) - 1] if len(t.lr) > 1 else t.lr[0], name=k)
-                  for k in self.keys]
+        lr_of = lambda k: t.lr[0] if len(t.lr) == 1 else t.lr[layer_of(k) - 1]
+        groups = [dict(params=[self.cc.params[k]], lr=lr_of(k), name=k) for k in self.keys]
         if t.optimizer == "adam":
             self.opt = torch.optim.Adam(groups)
         else:
@@ -85,7 +84,7 @@ class Trainer:
         """The dataset, loaded on first use (exporting a checkpoint needs none)."""
         if self._data is None:
             self._data = load_dataset(self.cfg.data.dataset)
-        n_in = int(self.cfg.circuit.layers.split(",")[0])
+        n_in = parse_layers(self.cfg.circuit.layers)[0]
         if n_in != self._data.n_features:
             raise ValueError(f"circuit has {n_in} inputs, dataset {self._data.name} has {self._data.n_features} features")
         return self._data
