@@ -198,7 +198,7 @@ class Trainer:
             m = Metrics(self.epoch, float(np.mean(losses)), float(np.mean(errs)), self.error(d.x_val, d.y_val),
                         time.perf_counter() - t0, float(np.mean(sweeps)))
             self.history.append(m)
-            if progress:
+            if progress or self.out is not None:  # a run directory gets a readable log line per epoch
                 print(f"epoch {m.epoch}: train loss {m.train_loss:.4f}, train error {m.train_error:.4f}, "
                       f"val error {m.val_error:.4f}, {m.seconds:.1f} s", flush=True)
             if self.out is not None:
