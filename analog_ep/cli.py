@@ -231,7 +231,7 @@ def train(
     ckpt = out / "checkpoint.pt"
     if resume:
         trainer = load_checkpoint(ckpt, device=device)
-        trainer.cfg.train.epochs = cfg.train.epochs
+        trainer.cfg = trainer.cfg.resumable_with(cfg)
     else:
         if ckpt.exists():
             _fail(f"{ckpt} exists: pass --resume to continue it, or choose another --out")

@@ -97,6 +97,24 @@ def test_kill_and_resume_gives_the_same_run(tmp_path):
     assert [m.train_loss for m in resumed.history] == [m.train_loss for m in full.history]
 
 
+def test_lr_decay_schedule_and_extending_a_run_on_resume(tmp_path):
+    """A run extended with a decay on --resume equals one configured with that schedule from the start."""
+    sched = dict(epochs=3, lr_decay=0.5, lr_decay_from=1)
+    full = Trainer(tiny_config(**sched), data=DIGITS)
+    assert [full.lr_of("g:w1p", e) for e in range(4)] == [2e-6, 2e-6, 1e-6, 5e-7]
+    full.fit(progress=False)
+    assert [g["lr"] for g in full.opt.param_groups] == [1e-6] * len(full.keys)
+    part = Trainer(tiny_config(epochs=1), data=DIGITS, out=tmp_path)
+    part.fit(progress=False)
+    resumed = load_checkpoint(tmp_path, data=DIGITS)
+    resumed.cfg = resumed.cfg.resumable_with(tiny_config(**sched))
+    resumed.fit(progress=False)
+    for k in full.keys:
+        torch.testing.assert_close(resumed.cc.params[k], full.cc.params[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="train.beta"):
+        resumed.cfg.resumable_with(tiny_config(beta=1e-5))
+
+
 def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path):
     data = dataclasses.replace(DIGITS, x_train=DIGITS.x_train.copy())  # poisoned below: a private copy
     tr = Trainer(tiny_config(epochs=1), data=data, out=tmp_path)

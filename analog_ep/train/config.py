@@ -31,6 +31,8 @@ class TrainConfig:
     epochs: int = 10
     optimizer: str = "adam"  # sgd | adam
     lr: list[float] = field(default_factory=lambda: [2e-7, 2e-7])  # per layer, S per step (Adam) or S²/V² (SGD)
+    lr_decay: float = 1.0  # learning rates x lr_decay per epoch from epoch lr_decay_from on
+    lr_decay_from: int = 0
     momentum: float = 0.0
     beta: float = 1e-4  # nudge conductance, S
     nudging: str = "centered"  # positive | centered | random
@@ -88,6 +90,23 @@ class Config:
         raw.setdefault("name", path.stem)
         return cls.from_dict(raw)
 
+    SCHEDULE = ("epochs", "lr_decay", "lr_decay_from")
+
+    def resumable_with(self, other: "Config") -> "Config":
+        """This (checkpointed) config with ``other``'s schedule (epochs, learning-rate decay):
+        those may change when a run is extended; anything else would make the resumed run a
+        different experiment, so it is refused."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        diffs = [f"{sec}.{k}" for sec in ("data", "circuit", "train") for k in mine[sec]
+                 if mine[sec][k] != theirs[sec][k] and not (sec == "train" and k in self.SCHEDULE)]
+        if diffs:
+            raise ValueError(f"the config differs from the checkpoint's in {', '.join(diffs)}; "
+                             "only train.epochs/lr_decay/lr_decay_from may change on --resume")
+        merged = dataclasses.replace(self, train=dataclasses.replace(
+            self.train, **{k: getattr(other.train, k) for k in self.SCHEDULE}))
+        merged.validate()
+        return merged
+
     def validate(self) -> None:
         t = self.train
         if t.optimizer not in ("sgd", "adam"):
@@ -96,6 +115,8 @@ class Config:
             raise ValueError(f"train.nudging must be positive, centered or random, not {t.nudging!r}")
         if t.dtype not in ("float32", "float64"):
             raise ValueError("train.dtype must be float32 or float64")
+        if not (0 < t.lr_decay <= 1) or t.lr_decay_from < 0:
+            raise ValueError("train.lr_decay must be in (0, 1] and train.lr_decay_from >= 0")
         if not (0 <= t.g_min < t.g_max) or t.beta <= 0 or t.epochs < 0 or self.data.batch_size < 1:
             raise ValueError("need 0 <= g_min < g_max, beta > 0, epochs >= 0, batch_size >= 1")
         from ..circuit import parse_layers

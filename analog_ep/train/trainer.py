@@ -67,9 +67,8 @@ class Trainer:
         self.cc = compile_circuit(self.circuit, dtype=self.dtype, device=self.device)
         self.keys = list(self.cc.trainable)
         self.n_out = len(self.cc.outputs)
+        groups = [dict(params=[self.cc.params[k]], lr=self.lr_of(k), name=k) for k in self.keys]
         t = cfg.train
-        lr_of = lambda k: t.lr[0] if len(t.lr) == 1 else t.lr[layer_of(k) - 1]
-        groups = [dict(params=[self.cc.params[k]], lr=lr_of(k), name=k) for k in self.keys]
         if t.optimizer == "adam":
             self.opt = torch.optim.Adam(groups)
         else:
@@ -78,6 +77,13 @@ class Trainer:
         self.epoch = 0
         self.history: list[Metrics] = []
         self.project()
+
+    def lr_of(self, key: str, epoch: int = 0) -> float:
+        """Learning rate of a parameter in a (0-based) epoch: a function of the epoch alone, so a
+        resumed run follows the schedule exactly."""
+        t = self.cfg.train
+        base = t.lr[0] if len(t.lr) == 1 else t.lr[layer_of(key) - 1]
+        return base * t.lr_decay ** max(0, epoch - t.lr_decay_from)
 
     @property
     def data(self) -> Dataset:
@@ -183,6 +189,8 @@ class Trainer:
         x_all, y_all = torch.as_tensor(d.x_train[:n]), torch.as_tensor(d.y_train[:n])
         while self.epoch < total:
             t0 = time.perf_counter()
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr_of(group["name"], self.epoch)
             perm = torch.randperm(n, generator=self.gen)
             losses, errs, sweeps = [], [], []
             bar = tqdm(range(0, n, bs), desc=f"epoch {self.epoch + 1}/{total}", disable=not progress, leave=False)
