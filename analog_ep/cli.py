@@ -219,37 +219,45 @@ def train(
     resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
-    """Train a circuit with Equilibrium Propagation in the emulator."""
+    """Train a circuit with Equilibrium Propagation in the emulator. Under torchrun, data-parallel
+    over the ranks (gloo on CPU, NCCL on CUDA); rank 0 writes the run directory."""
     from .spice.netlist import save_deck
     from .train import Config, Trainer, TrainingError, load_checkpoint
+    from .train.distributed import init_from_env
     from .train.plots import conductance_histogram, learning_curve
 
     cfg = Config.load(config)
     if epochs is not None:
         cfg.train.epochs = epochs
+    dist = init_from_env(device)
+    device = dist.device(device)
     out = out or Path("runs") / cfg.name
     ckpt = out / "checkpoint.pt"
     if resume:
-        trainer = load_checkpoint(ckpt, device=device)
+        trainer = load_checkpoint(ckpt, device=device, dist=dist)
         trainer.cfg = trainer.cfg.resumable_with(cfg)
     else:
         if ckpt.exists():
             _fail(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
-        trainer = Trainer(cfg, device=device, out=out)
-    typer.echo(f"{cfg.name}: {trainer.circuit.summary()}; {trainer.data.splits}", err=True)
+        trainer = Trainer(cfg, device=device, out=out, dist=dist)
+    say = typer.echo if dist.is_main else (lambda *a, **k: None)
+    say(f"{cfg.name}: {trainer.circuit.summary()}; {trainer.data.splits}"
+        + (f"; {dist.world} ranks" if dist.active else ""), err=True)
     try:
         trainer.fit(progress=progress)
     except TrainingError as e:
         _fail(f"{e} (last good checkpoint: {ckpt if ckpt.exists() else 'none'})")
     test_error = trainer.error(trainer.data.x_test, trainer.data.y_test)
+    if not dist.is_main:
+        return
     if trainer.history:
         learning_curve(trainer.history, out / "learning_curve.png")
     conductance_histogram({k: trainer.cc.params[k] for k in trainer.keys}, out / "conductances.png",
                           trainer.cfg.train.g_max)
     deck = save_deck(trainer.cc.to_circuit(), out / "trained.cir")
     (out / "test.json").write_text(json.dumps(dict(test_error=test_error, n=len(trainer.data.y_test))))
-    typer.echo(f"test error {100 * test_error:.2f} % on {len(trainer.data.y_test)} images; "
-               f"wrote {ckpt}, {deck}, metrics.csv/json and plots in {out}")
+    say(f"test error {100 * test_error:.2f} % on {len(trainer.data.y_test)} images; "
+        f"wrote {ckpt}, {deck}, metrics.csv/json and plots in {out}")
 
 
 @app.command()

@@ -55,9 +55,10 @@ def _param_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) -> dic
 
 def ep_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, beta: float, *, mode: str = "centered",
                 keys: list[str] | None = None, generator: torch.Generator | None = None,
-                free: SettleResult | None = None, **settle_kw) -> EPResult:
+                free: SettleResult | None = None, sign: torch.Tensor | None = None, **settle_kw) -> EPResult:
     """EP estimate of d(mean cost)/dθ. ``mode``: "positive" (+β), "centered" (±β) or "random"
-    (one-sided with a random sign per sample). The nudged phases start from the free state."""
+    (one-sided with a random sign per sample: ``sign`` (B,) of ±1, else drawn from
+    ``generator``). The nudged phases start from the free state."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if beta <= 0:
@@ -72,8 +73,9 @@ def ep_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, beta: float
     elif mode == "positive":
         betas = [torch.full((B,), beta, dtype=cc.dtype)]
     else:
-        sign = torch.randint(0, 2, (B,), generator=generator).to(cc.dtype) * 2 - 1
-        betas = [beta * sign]
+        if sign is None:
+            sign = torch.randint(0, 2, (B,), generator=generator) * 2 - 1
+        betas = [beta * sign.to(cc.dtype)]
     betas = [b.to(cc.device) for b in betas]
     nudged = [settle(cc, u, beta=b, target=target, s0=free.s, **settle_kw) for b in betas]
     if mode == "centered":

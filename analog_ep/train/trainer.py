@@ -18,6 +18,7 @@ from ..data import Dataset, load_dataset
 from ..emulator import compile_circuit, settle
 from ..emulator.ep import ep_gradient
 from .config import Config
+from .distributed import Dist
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -56,8 +57,10 @@ class Metrics:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, device: str = "cpu", out: Path | None = None, data: Dataset | None = None):
+    def __init__(self, cfg: Config, device: str = "cpu", out: Path | None = None, data: Dataset | None = None,
+                 dist: Dist | None = None):
         self.cfg = cfg
+        self.dist = dist or Dist()
         self.device = torch.device(device)
         self.dtype = torch.float32 if cfg.train.dtype == "float32" else torch.float64
         self.out = Path(out) if out is not None else None
@@ -130,9 +133,14 @@ class Trainer:
         torch.save(state, path)
         return path
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run directory (rank 0 of a distributed run)."""
+        return self.out is not None and self.dist.is_main
+
     def save(self) -> Path:
         """Write the checkpoint atomically (a kill mid-write leaves the previous one)."""
-        assert self.out is not None
+        assert self.writes
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.out / (CHECKPOINT + ".tmp")
         torch.save(self.state(), tmp)
@@ -149,21 +157,29 @@ class Trainer:
         return self.cc.inputs_to_sources(x.to(self.device, self.dtype) * self.cfg.circuit.input_voltage)
 
     def step(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, int]:
-        """One EP update on a minibatch; returns (mean loss, error rate, free-phase sweeps)."""
+        """One EP update on a (global) minibatch; returns (mean loss, error rate, free-phase
+        sweeps). In a distributed run this rank settles its shard and the gradients are summed."""
+        B = len(labels)
+        sign = torch.randint(0, 2, (B,), generator=self.gen) * 2 - 1 if self.cfg.train.nudging == "random" else None
+        mine = self.dist.shard(B)
+        x, labels = x[mine], labels[mine]
         u = self.sources(x)
         y = targets(self.cfg, labels, self.n_out, self.dtype).to(self.device)
         ep = ep_gradient(self.cc, u, y, self.cfg.train.beta, mode=self.cfg.train.nudging, keys=self.keys,
-                         generator=self.gen, **self._settle_kw())
-        for k in self.keys:
-            g = ep.grads[k]
+                         sign=None if sign is None else sign[mine], **self._settle_kw())
+        grads = [ep.grads[k] for k in self.keys]
+        wrong = (ep.free.V[:, self.cc.outputs].argmax(1).cpu() != labels).sum().to(self.dtype)
+        loss = ep.loss.sum().detach().cpu()
+        if self.dist.active:  # shard means -> global batch mean
+            b = len(labels)
+            *grads, loss, wrong = self.dist.sum([g * (b / B) for g in grads] + [loss.to(self.device), wrong.to(self.device)])
+        for k, g in zip(self.keys, grads):
             if not bool(torch.isfinite(g).all()):
                 raise TrainingError(f"non-finite EP gradient for {k}")
             self.cc.params[k].grad = g
         self.opt.step()
         self.project()
-        out = ep.free.V[:, self.cc.outputs]
-        err = float((out.argmax(1).cpu() != labels).float().mean())
-        return float(ep.loss.mean()), err, ep.free.iterations
+        return float(loss) / B, float(wrong) / B, ep.free.iterations
 
     def predict(self, x: np.ndarray | torch.Tensor, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Output voltages (n, n_out) and predicted classes of the free phase."""
@@ -176,8 +192,11 @@ class Trainer:
         return V, V.argmax(1)
 
     def error(self, x, y) -> float:
-        _, pred = self.predict(x)
-        return float((pred != torch.as_tensor(y)).float().mean())
+        """Classification error on (x, y); a distributed run splits the images over the ranks."""
+        mine = self.dist.shard(len(y))
+        _, pred = self.predict(x[mine])
+        wrong = (pred != torch.as_tensor(y[mine])).sum().to(self.dtype).to(self.device)
+        return float(self.dist.sum([wrong])[0]) / len(y)
 
     # ------------------------------------------------------------------ loop
     def fit(self, epochs: int | None = None, progress: bool = True) -> list[Metrics]:
@@ -193,7 +212,8 @@ class Trainer:
                 group["lr"] = self.lr_of(group["name"], self.epoch)
             perm = torch.randperm(n, generator=self.gen)
             losses, errs, sweeps = [], [], []
-            bar = tqdm(range(0, n, bs), desc=f"epoch {self.epoch + 1}/{total}", disable=not progress, leave=False)
+            bar = tqdm(range(0, n, bs), desc=f"epoch {self.epoch + 1}/{total}", leave=False,
+                       disable=not (progress and self.dist.is_main))
             for i in bar:
                 idx = perm[i:i + bs]
                 loss, err, it = self.step(x_all[idx], y_all[idx])
@@ -206,10 +226,10 @@ class Trainer:
             m = Metrics(self.epoch, float(np.mean(losses)), float(np.mean(errs)), self.error(d.x_val, d.y_val),
                         time.perf_counter() - t0, float(np.mean(sweeps)))
             self.history.append(m)
-            if progress or self.out is not None:  # a run directory gets a readable log line per epoch
+            if self.dist.is_main and (progress or self.out is not None):  # a run directory gets a log line per epoch
                 print(f"epoch {m.epoch}: train loss {m.train_loss:.4f}, train error {m.train_error:.4f}, "
                       f"val error {m.val_error:.4f}, {m.seconds:.1f} s", flush=True)
-            if self.out is not None:
+            if self.writes:
                 self.save()
                 self.write_metrics()
         return self.history
@@ -223,7 +243,8 @@ class Trainer:
             w.writerows(rows)
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu", data: Dataset | None = None) -> Trainer:
+def load_checkpoint(path: str | Path, device: str = "cpu", data: Dataset | None = None,
+                    dist: Dist | None = None) -> Trainer:
     """A Trainer restored from a checkpoint (loaded with ``weights_only=True``: tensors and
     plain Python values only, never arbitrary pickled objects)."""
     path = Path(path)
@@ -233,6 +254,6 @@ def load_checkpoint(path: str | Path, device: str = "cpu", data: Dataset | None 
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = Config.from_dict(state["config"])
-    trainer = Trainer(cfg, device=device, out=path.parent, data=data)
+    trainer = Trainer(cfg, device=device, out=path.parent, data=data, dist=dist)
     trainer.load_state(state)
     return trainer
