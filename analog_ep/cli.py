@@ -209,6 +209,26 @@ def compare(
                f"speed ratio {cmp.speedup:.0f}x")
 
 
+def _device_config(base, preset: Optional[str], settings: list[str], in_the_loop: bool):
+    """The [device] table with a preset and KEY=VALUE overrides from the command line."""
+    import dataclasses
+    import tomllib
+
+    extra = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--device-set wants KEY=VALUE, not {item!r}")
+        try:
+            extra[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]  # TOML values: 0.01, 64, true, inf
+        except tomllib.TOMLDecodeError:
+            _fail(f"--device-set {item!r}: the value must be a number or true/false")
+    cfg = dataclasses.replace(base, preset=preset or base.preset, in_the_loop=in_the_loop,
+                              settings={**base.settings, **extra})
+    cfg.model()  # validates
+    return cfg
+
+
 @app.command()
 @_guard
 def train(
@@ -218,6 +238,9 @@ def train(
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<config name>)."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    device_model: Optional[str] = typer.Option(None, help="Train in the loop on this device preset "
+                                               "(ideal, reram, pcm); overrides the config's [device] preset."),
+    device_set: list[str] = typer.Option([], help="Device model field override KEY=VALUE (repeatable)."),
 ):
     """Train a circuit with Equilibrium Propagation in the emulator. Under torchrun, data-parallel
     over the ranks (gloo on CPU, NCCL on CUDA); rank 0 writes the run directory."""
@@ -229,6 +252,8 @@ def train(
     cfg = Config.load(config)
     if epochs is not None:
         cfg.train.epochs = epochs
+    if device_model is not None or device_set:
+        cfg.device = _device_config(cfg.device, device_model, device_set, in_the_loop=True)
     dist = init_from_env(device)
     device = dist.device(device)
     out = out or Path("runs") / cfg.name
@@ -267,9 +292,15 @@ def evaluate(
     dataset: Optional[str] = typer.Option(None, help="mnist, fashion or digits (default: the training set's)."),
     spice: int = typer.Option(0, help="Also run this many test images through ngspice and compare."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    device_model: Optional[str] = typer.Option(None, help="Deploy the trained conductances on this device "
+                                               "preset (ideal, reram, pcm) and report mean and spread."),
+    device_set: list[str] = typer.Option([], help="Device model field override KEY=VALUE (repeatable)."),
+    realisations: int = typer.Option(5, help="Device realisations (or read-noise repeats) to average."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ):
-    """Test error of a trained circuit in the emulator; with --spice N, the proof in ngspice."""
+    """Test error of a trained circuit in the emulator; with --spice N, the proof in ngspice.
+    With --device-model, the error when deployed on non-ideal devices (train ideal, deploy
+    noisy); a circuit trained in the loop is evaluated on its own devices."""
     import numpy as np
 
     from .data import load_dataset
@@ -279,9 +310,24 @@ def evaluate(
     trainer = load_checkpoint(checkpoint, device=device,
                               data=None if dataset is None else load_dataset(dataset))
     d = trainer.data
-    test_error = trainer.error(d.x_test, d.y_test)
+    if realisations < 1:
+        _fail("--realisations must be >= 1")
+    devices = None
+    if device_model is not None or device_set:
+        devices = _device_config(trainer.cfg.device, device_model, device_set, in_the_loop=False)
+        errors = trainer.deployed_errors(devices.model(), d.x_test, d.y_test, realisations, seed=devices.seed)
+    elif trainer.devices is not None and trainer.devices.noisy_reads:
+        errors = [trainer.error(d.x_test, d.y_test) for _ in range(realisations)]
+    else:
+        errors = [trainer.error(d.x_test, d.y_test)]
+    test_error = float(np.mean(errors))
     result = dict(checkpoint=str(checkpoint), dataset=d.name, test_error=test_error, n=len(d.y_test),
                   epoch=trainer.epoch)
+    if devices is not None or trainer.devices is not None:
+        result.update(test_error_std=float(np.std(errors)), test_errors=errors,
+                      device_preset=(devices or trainer.cfg.device).preset,
+                      device_settings=(devices or trainer.cfg.device).settings,
+                      deployment="deploy-only" if devices is not None else "in-the-loop")
     if spice > 0:
         volts = np.asarray(d.x_test[:spice], dtype=np.float64) * trainer.cfg.circuit.input_voltage
         chk = spice_check(trainer.cc.to_circuit(), volts, d.y_test[:spice])
@@ -290,7 +336,9 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(result))
     else:
-        typer.echo(f"{d.name} test error {100 * test_error:.2f} % on {result['n']} images (epoch {trainer.epoch})")
+        spread = f" ± {100 * result['test_error_std']:.2f} % over {len(errors)} runs ({result['deployment']}, " \
+                 f"{result['device_preset']})" if "test_errors" in result else ""
+        typer.echo(f"{d.name} test error {100 * test_error:.2f} %{spread} on {result['n']} images (epoch {trainer.epoch})")
         if spice > 0:
             typer.echo(f"ngspice agrees with the emulator on {result['spice_agree']}/{spice} digits; "
                        f"max |dV| {result['max_abs_dv']:.2g} V; {result['spice_seconds']:.1f} s in ngspice")

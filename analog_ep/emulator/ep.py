@@ -9,6 +9,7 @@ diode IS/N) gets EP for free. Centred nudging (±β) cancels the O(β) bias of o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -55,10 +56,15 @@ def _param_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) -> dic
 
 def ep_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, beta: float, *, mode: str = "centered",
                 keys: list[str] | None = None, generator: torch.Generator | None = None,
-                free: SettleResult | None = None, sign: torch.Tensor | None = None, **settle_kw) -> EPResult:
+                free: SettleResult | None = None, sign: torch.Tensor | None = None,
+                view: Callable[[], Compiled] | None = None, measure: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                **settle_kw) -> EPResult:
     """EP estimate of d(mean cost)/dθ. ``mode``: "positive" (+β), "centered" (±β) or "random"
     (one-sided with a random sign per sample: ``sign`` (B,) of ±1, else drawn from
-    ``generator``). The nudged phases start from the free state."""
+    ``generator``). The nudged phases start from the free state.
+
+    Hardware hooks (device models): ``view()`` gives the circuit each phase settles (e.g. with
+    fresh read noise), ``measure(s)`` what the learning rule reads of the settled voltages."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if beta <= 0:
@@ -67,7 +73,9 @@ def ep_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, beta: float
     u = torch.as_tensor(u, dtype=cc.dtype, device=cc.device)
     target = torch.as_tensor(target, dtype=cc.dtype, device=cc.device).reshape(u.shape[0], -1)
     B = u.shape[0]
-    free = settle(cc, u, **settle_kw) if free is None else free
+    view = view or (lambda: cc)
+    measure = measure or (lambda s: s)
+    free = settle(view(), u, **settle_kw) if free is None else free
     if mode == "centered":
         betas = [torch.full((B,), beta, dtype=cc.dtype), torch.full((B,), -beta, dtype=cc.dtype)]
     elif mode == "positive":
@@ -77,12 +85,12 @@ def ep_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, beta: float
             sign = torch.randint(0, 2, (B,), generator=generator) * 2 - 1
         betas = [beta * sign.to(cc.dtype)]
     betas = [b.to(cc.device) for b in betas]
-    nudged = [settle(cc, u, beta=b, target=target, s0=free.s, **settle_kw) for b in betas]
+    nudged = [settle(view(), u, beta=b, target=target, s0=free.s, **settle_kw) for b in betas]
     if mode == "centered":
-        terms = [(1.0 / (2 * beta * B), nudged[0].s), (-1.0 / (2 * beta * B), nudged[1].s)]
+        terms = [(1.0 / (2 * beta * B), measure(nudged[0].s)), (-1.0 / (2 * beta * B), measure(nudged[1].s))]
     else:
         w = 1.0 / (betas[0] * B)
-        terms = [(w, nudged[0].s), (-w, free.s)]
+        terms = [(w, measure(nudged[0].s)), (-w, measure(free.s))]
     grads = _param_grads(cc, keys, terms, u)
     return EPResult(grads, free, nudged, cost(cc, free.V, target))
 

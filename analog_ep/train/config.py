@@ -47,11 +47,36 @@ class TrainConfig:
 
 
 @dataclass
+class DeviceConfig:
+    """The ``[device]`` table: a preset, optional field overrides, and whether training updates
+    go through the devices (in the loop) or the devices only matter when deployed."""
+    preset: str = "ideal"
+    in_the_loop: bool = False
+    seed: int = 0  # device realisation
+    settings: dict = field(default_factory=dict)  # DeviceModel fields replacing the preset's
+
+    @classmethod
+    def from_table(cls, table: dict) -> "DeviceConfig":
+        table = dict(table)
+        own = {k: table.pop(k) for k in ("preset", "in_the_loop", "seed") if k in table}
+        settings = {**table.pop("settings", {}), **table}
+        cfg = cls(**own, settings=settings)
+        cfg.model()  # validates
+        return cfg
+
+    def model(self):
+        from ..devices import DeviceModel
+
+        return DeviceModel.build(self.preset, **self.settings)
+
+
+@dataclass
 class Config:
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
     expected: str = ""  # the result and time the config is expected to give (documentation)
 
     def to_dict(self) -> dict:
@@ -60,7 +85,7 @@ class Config:
     @classmethod
     def from_dict(cls, raw: dict) -> "Config":
         sections = {"data": DataConfig, "circuit": CircuitConfig, "train": TrainConfig}
-        unknown = set(raw) - set(sections) - {"name", "expected"}
+        unknown = set(raw) - set(sections) - {"name", "expected", "device"}
         if unknown:
             raise ValueError(f"unknown config section(s): {sorted(unknown)}")
         kwargs = {k: raw[k] for k in ("name", "expected") if k in raw}
@@ -74,6 +99,7 @@ class Config:
                 if f.name in part and isinstance(part[f.name], list) and "tuple" in str(f.type):
                     part[f.name] = tuple(part[f.name])
             kwargs[key] = kind(**part)
+        kwargs["device"] = DeviceConfig.from_table(raw.get("device", {}))
         cfg = cls(**kwargs)
         cfg.validate()
         return cfg
@@ -97,7 +123,7 @@ class Config:
         those may change when a run is extended; anything else would make the resumed run a
         different experiment, so it is refused."""
         mine, theirs = self.to_dict(), other.to_dict()
-        diffs = [f"{sec}.{k}" for sec in ("data", "circuit", "train") for k in mine[sec]
+        diffs = [f"{sec}.{k}" for sec in ("data", "circuit", "train", "device") for k in mine[sec]
                  if mine[sec][k] != theirs[sec][k] and not (sec == "train" and k in self.SCHEDULE)]
         if diffs:
             raise ValueError(f"the config differs from the checkpoint's in {', '.join(diffs)}; "

@@ -17,6 +17,7 @@ from ..circuit.ir import Circuit
 from ..data import Dataset, load_dataset
 from ..emulator import compile_circuit, settle
 from ..emulator.ep import ep_gradient
+from ..devices import DeviceArray, DeviceModel
 from .config import Config
 from .distributed import Dist
 
@@ -80,6 +81,18 @@ class Trainer:
         self.epoch = 0
         self.history: list[Metrics] = []
         self.project()
+        self.devices: DeviceArray | None = None
+        if cfg.device.in_the_loop:
+            self.use_devices(cfg.device.model(), cfg.device.seed)
+
+    def use_devices(self, model: DeviceModel, seed: int) -> DeviceArray:
+        """Program the present conductances into a fresh realisation of ``model``; from then on
+        every settle reads through it and every update writes through it."""
+        self.devices = DeviceArray(model, self.cc, self.keys, self.cfg.train.g_max, seed=seed)
+        with torch.no_grad():
+            for k in self.keys:
+                self.cc.params[k].copy_(self.devices.program(k, self.cc.params[k]))
+        return self.devices
 
     def lr_of(self, key: str, epoch: int = 0) -> float:
         """Learning rate of a parameter in a (0-based) epoch: a function of the epoch alone, so a
@@ -109,7 +122,8 @@ class Trainer:
         return dict(config=self.cfg.to_dict(), epoch=self.epoch,
                     params={k: self.cc.params[k].detach().cpu().clone() for k in self.keys},
                     optimizer=self.opt.state_dict(), rng=self.gen.get_state(),
-                    history=[m.__dict__ for m in self.history])
+                    history=[m.__dict__ for m in self.history],
+                    **({} if self.devices is None else dict(device_rng=self.devices.gen.get_state())))
 
     def load_state(self, state: dict) -> None:
         with torch.no_grad():
@@ -118,6 +132,8 @@ class Trainer:
         if "optimizer" in state:  # a packed (pretrained) checkpoint has weights only
             self.opt.load_state_dict(state["optimizer"])
             self.gen.set_state(state["rng"])
+            if self.devices is not None:
+                self.devices.gen.set_state(state["device_rng"])
         self.epoch = int(state["epoch"])
         self.history = [Metrics(**m) for m in state["history"]]
 
@@ -125,8 +141,8 @@ class Trainer:
         """A small checkpoint for distribution: config, history and conductances (float16 with
         ``half``), without optimizer or RNG state — it evaluates and exports, but cannot resume."""
         state = self.state()
-        for k in ("optimizer", "rng"):
-            state.pop(k)
+        for k in ("optimizer", "rng", "device_rng"):
+            state.pop(k, None)
         if half:
             state["params"] = {k: v.half() for k, v in state["params"].items()}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +165,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ EP
     def _settle_kw(self) -> dict:
-        return dict(rtol=self.cfg.train.rtol, max_iters=self.cfg.train.max_iters)
+        kw = dict(rtol=self.cfg.train.rtol, max_iters=self.cfg.train.max_iters)
+        return kw if self.devices is None else {**kw, **self.devices.settle_kw()}
+
+    def _view(self):
+        return self.cc if self.devices is None else self.devices.view()
+
+    def _measure(self, s: torch.Tensor) -> torch.Tensor:
+        return s if self.devices is None else self.devices.measure(s)
 
     def sources(self, x) -> torch.Tensor:
         """Source voltages for a batch of pixel rows: pixel 1 -> circuit.input_voltage volts."""
@@ -166,9 +189,11 @@ class Trainer:
         u = self.sources(x)
         y = targets(self.cfg, labels, self.n_out, self.dtype).to(self.device)
         ep = ep_gradient(self.cc, u, y, self.cfg.train.beta, mode=self.cfg.train.nudging, keys=self.keys,
-                         sign=None if sign is None else sign[mine], **self._settle_kw())
+                         sign=None if sign is None else sign[mine], view=self._view, measure=self._measure,
+                         **self._settle_kw())
         grads = [ep.grads[k] for k in self.keys]
-        wrong = (ep.free.V[:, self.cc.outputs].argmax(1).cpu() != labels).sum().to(self.dtype)
+        out = self.cc.voltages(self._measure(ep.free.s), ep.free.u)[:, self.cc.outputs]
+        wrong = (out.argmax(1).cpu() != labels).sum().to(self.dtype)
         loss = ep.loss.sum().detach().cpu()
         if self.dist.active:  # shard means -> global batch mean
             b = len(labels)
@@ -177,8 +202,15 @@ class Trainer:
             if not bool(torch.isfinite(g).all()):
                 raise TrainingError(f"non-finite EP gradient for {k}")
             self.cc.params[k].grad = g
-        self.opt.step()
-        self.project()
+        if self.devices is None:
+            self.opt.step()
+            self.project()
+        else:  # the optimiser proposes, the devices dispose
+            before = [self.cc.params[k].detach().clone() for k in self.keys]
+            self.opt.step()
+            with torch.no_grad():
+                for k, g0 in zip(self.keys, before):
+                    self.cc.params[k].copy_(self.devices.update(k, g0, self.cc.params[k]))
         return float(loss) / B, float(wrong) / B, ep.free.iterations
 
     def predict(self, x: np.ndarray | torch.Tensor, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,8 +218,8 @@ class Trainer:
         batch = batch or self.cfg.train.eval_batch
         outs = []
         for i in range(0, len(x), batch):
-            res = settle(self.cc, self.sources(x[i:i + batch]), **self._settle_kw())
-            outs.append(res.V[:, self.cc.outputs].cpu())
+            res = settle(self._view(), self.sources(x[i:i + batch]), **self._settle_kw())
+            outs.append(self.cc.voltages(self._measure(res.s), res.u)[:, self.cc.outputs].cpu())
         V = torch.cat(outs)
         return V, V.argmax(1)
 
@@ -197,6 +229,23 @@ class Trainer:
         _, pred = self.predict(x[mine])
         wrong = (pred != torch.as_tensor(y[mine])).sum().to(self.dtype).to(self.device)
         return float(self.dist.sum([wrong])[0]) / len(y)
+
+    def deployed_errors(self, model: DeviceModel, x, y, realisations: int = 5, seed: int = 0) -> list[float]:
+        """Error on (x, y) of the present conductances programmed into ``realisations`` fresh
+        realisations of ``model`` (train ideal, deploy on devices); the trainer is left as it was."""
+        trained = {k: self.cc.params[k].detach().clone() for k in self.keys}
+        own = self.devices
+        try:
+            errors = []
+            for r in range(realisations):
+                self.use_devices(model, seed + r)
+                errors.append(self.error(x, y))
+            return errors
+        finally:
+            with torch.no_grad():
+                for k in self.keys:
+                    self.cc.params[k].copy_(trained[k])
+            self.devices = own
 
     # ------------------------------------------------------------------ loop
     def fit(self, epochs: int | None = None, progress: bool = True) -> list[Metrics]:

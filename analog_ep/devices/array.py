@@ -1,0 +1,147 @@
+"""One realisation of a device model on a compiled circuit: what programming, updating and
+reading the trainable conductances does, and what measuring node voltages does.
+
+The fixed per-device draws (step-size spread, faults, drift exponents, diode and amplifier
+spread) come first from a seeded generator, so a realisation is a function of its seed; the
+per-write and per-read noise that follows comes from the same generator, whose state a training
+checkpoint saves for exact resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..circuit.constants import BOLTZMANN
+from ..emulator.compiled import Compiled
+from .model import DeviceModel
+
+OK, STUCK_MIN, STUCK_MAX, OPEN = 0, 1, 2, 3
+
+
+class DeviceArray:
+    def __init__(self, model: DeviceModel, cc: Compiled, keys: list[str], g_max: float, seed: int = 0):
+        self.model, self.cc, self.keys = model.validate(), cc, list(keys)
+        self.g_max = float(g_max)
+        self.g_min = 0.0 if math.isinf(model.on_off) else self.g_max / model.on_off
+        self.step = (self.g_max - self.g_min) / (model.levels - 1) if model.levels else 0.0
+        self.gen = torch.Generator().manual_seed(seed)
+        m, shape = model, lambda k: cc.params[k].shape
+        self.step_gain = {k: (1 + m.d2d * self.randn(shape(k))).clamp_min(0) for k in self.keys} if m.d2d else {}
+        self.faults = {k: self._draw_faults(shape(k)) for k in self.keys} if m.stuck_min + m.stuck_max + m.open else {}
+        self.nu = ({k: m.drift_nu + m.drift_nu_std * self.randn(shape(k)) for k in self.keys}
+                   if m.drift_nu and m.drift_time > m.drift_t0 else {})
+        static = {}
+        for d in cc.diodes:
+            if m.diode_is_spread:
+                static[f"IS:{d.name}"] = cc.params[f"IS:{d.name}"] * torch.exp(m.diode_is_spread * self.randn(shape(f"IS:{d.name}")))
+            if m.diode_n_spread:
+                static[f"N:{d.name}"] = cc.params[f"N:{d.name}"] * (1 + m.diode_n_spread * self.randn(shape(f"N:{d.name}")))
+        if m.amp_gain_error:
+            for key in {key for _, _, key, _ in cc.amp_chain}:
+                static[key] = cc.params[key] * (1 + m.amp_gain_error * self.randn(shape(key)))
+        # the circuit as built in hardware: trainable conductances shared with cc (the device
+        # state), fixed components replaced by this realisation's
+        self.hardware = dataclasses.replace(cc, params={**cc.params, **static}, cache={})
+
+    def randn(self, shape) -> torch.Tensor:
+        """Standard normal draws from this realisation's generator, on the circuit's device."""
+        return torch.randn(shape, generator=self.gen, dtype=torch.float64).to(self.cc.device, self.cc.dtype)
+
+    def _draw_faults(self, shape) -> torch.Tensor:
+        m = self.model
+        r = torch.rand(shape, generator=self.gen, dtype=torch.float64)
+        code = torch.full(shape, OK, dtype=torch.int8)
+        code[r < m.stuck_min + m.stuck_max + m.open] = OPEN
+        code[r < m.stuck_min + m.stuck_max] = STUCK_MAX
+        code[r < m.stuck_min] = STUCK_MIN
+        return code.to(self.cc.device)
+
+    # ------------------------------------------------------------------ writing
+    def _settle_faults(self, key: str, g: torch.Tensor) -> torch.Tensor:
+        if key not in self.faults:
+            return g
+        f = self.faults[key]
+        g = torch.where(f == STUCK_MIN, self.g_min, g)
+        g = torch.where(f == STUCK_MAX, self.g_max, g)
+        return torch.where(f == OPEN, 0.0, g)
+
+    def program(self, key: str, target: torch.Tensor) -> torch.Tensor:
+        """Conductances after programming ``target`` (write-verify to the nearest level, with
+        the residual write noise)."""
+        m = self.model
+        g = target.detach().to(self.cc.dtype).clamp(self.g_min, self.g_max)
+        if m.levels:
+            g = self.g_min + torch.round((g - self.g_min) / self.step) * self.step
+        if m.write_noise or m.write_noise_state:
+            sigma = m.write_noise * self.g_max + m.write_noise_state * g
+            g = (g + sigma * self.randn(g.shape)).clamp(self.g_min, self.g_max)
+        return self._settle_faults(key, g)
+
+    @property
+    def ideal_updates(self) -> bool:
+        m = self.model
+        return not (m.levels or m.update_noise or m.asymmetry or m.soft_bounds or self.step_gain)
+
+    def update(self, key: str, g: torch.Tensor, proposed: torch.Tensor) -> torch.Tensor:
+        """Conductances after asking each device to move from ``g`` to ``proposed``: whole level
+        steps (when quantised) with cycle-to-cycle noise, up/down asymmetry, soft bounds and
+        each device's own step size."""
+        m = self.model
+        if self.ideal_updates:
+            return self._settle_faults(key, proposed.detach().clamp(self.g_min, self.g_max))
+        g = g.detach()
+        delta = proposed.detach() - g
+        if m.levels:
+            pulses = torch.round(delta / self.step)
+            dg = pulses * self.step
+            sigma = m.update_noise * self.step * pulses.abs().sqrt()
+        else:
+            dg, sigma = delta, m.update_noise * delta.abs()
+        if m.update_noise:
+            dg = dg + sigma * self.randn(dg.shape)
+        up = delta > 0
+        if m.asymmetry:
+            dg = torch.where(up, dg * (1 + m.asymmetry), dg * (1 - m.asymmetry))
+        if m.soft_bounds:
+            span = self.g_max - self.g_min
+            dg = dg * torch.where(up, (self.g_max - g) / span, (g - self.g_min) / span).clamp_min(0)
+        if key in self.step_gain:
+            dg = dg * self.step_gain[key]
+        return self._settle_faults(key, (g + dg).clamp(self.g_min, self.g_max))
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def noisy_reads(self) -> bool:
+        return bool(self.model.read_noise or self.nu)
+
+    def view(self) -> Compiled:
+        """The circuit one settle sees: drifted conductances with freshly drawn read noise (the
+        hardware circuit itself when reads are noiseless, so its operator cache is reused)."""
+        if not self.noisy_reads:
+            return self.hardware
+        m, p = self.model, dict(self.hardware.params)
+        for k in self.keys:
+            g = p[k]
+            if k in self.nu:
+                g = g * (m.drift_time / m.drift_t0) ** (-self.nu[k])
+            if m.read_noise:
+                g = (g * (1 + m.read_noise * self.randn(g.shape))).clamp_min(0)
+            p[k] = g
+        return dataclasses.replace(self.hardware, params=p, cache={})
+
+    def measure(self, s: torch.Tensor) -> torch.Tensor:
+        """Node voltages as the learning rule's read-out sees them: Johnson noise sqrt(kT/C),
+        then an ADC of ``adc_bits`` over ±adc_range."""
+        m = self.model
+        if m.johnson_capacitance:
+            s = s + math.sqrt(BOLTZMANN * m.temperature / m.johnson_capacitance) * self.randn(s.shape)
+        if m.adc_bits:
+            lsb = 2 * m.adc_range / 2 ** m.adc_bits
+            s = (torch.round(s / lsb) * lsb).clamp(-m.adc_range, m.adc_range)
+        return s
+
+    def settle_kw(self) -> dict:
+        """Finite settling: a fixed number of sweeps, accepted whether converged or not."""
+        return dict(max_iters=self.model.settle_sweeps, on_fail="ignore") if self.model.settle_sweeps else {}

@@ -1,0 +1,229 @@
+"""Device non-idealities: each one's statistics, and switching each off restores the ideal
+emulator bit for bit (statistical tolerances: ≥ 40,000 draws, 5 % on a standard deviation)."""
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analog_ep.circuit import layered
+from analog_ep.circuit.constants import BOLTZMANN
+from analog_ep.data import load_dataset
+from analog_ep.devices import IDEAL, PRESETS, DeviceArray, DeviceModel
+from analog_ep.emulator import compile_circuit, settle
+from analog_ep.train import Config, Trainer
+
+G_MAX = 1e-4
+DIGITS = load_dataset("digits")
+
+
+def big_array(**fields):
+    """A 784x64 layered circuit's trainable conductances under a device model (many devices)."""
+    cc = compile_circuit(layered("784,64,10", seed=0, amplifier_gain=4.0), dtype=torch.float64)
+    return DeviceArray(DeviceModel.build(**fields), cc, list(cc.trainable), G_MAX, seed=3)
+
+
+def rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+def test_levels_quantise_writes_and_updates():
+    arr = big_array(levels=16)
+    g = arr.program("g:w1p", torch.rand(784, 64, dtype=torch.float64) * G_MAX)
+    values = torch.unique(g)
+    assert len(values) == 16
+    torch.testing.assert_close(values, torch.linspace(0, G_MAX, 16, dtype=torch.float64))
+    small = arr.update("g:w1p", g, g + 0.4 * arr.step)  # below half a level: no pulse
+    assert torch.equal(small, g)
+    up = arr.update("g:w1p", g, g + 1.6 * arr.step)  # two pulses, clipped at g_max
+    assert torch.equal(up, (g + 2 * arr.step).clamp(max=G_MAX))
+
+
+@pytest.mark.parametrize("fields, sigma", [
+    (dict(write_noise=0.02), lambda g: 0.02 * G_MAX),
+    (dict(write_noise_state=0.05), lambda g: 0.05 * g),
+])
+def test_programming_noise_std(fields, sigma):
+    arr = big_array(**fields)
+    target = torch.full((784, 64), 0.5 * G_MAX, dtype=torch.float64)
+    g = arr.program("g:w1p", target)
+    assert rel(float((g - target).std()), sigma(0.5 * G_MAX)) < 0.05
+    assert abs(float((g - target).mean())) < 0.05 * sigma(0.5 * G_MAX)
+
+
+def test_update_noise_asymmetry_soft_bounds_and_spread():
+    g = torch.full((784, 64), 0.25 * G_MAX, dtype=torch.float64)
+    delta = 1e-6
+    noisy = big_array(update_noise=0.5)
+    dg = noisy.update("g:w1p", g, g + delta) - g
+    assert rel(float(dg.std()), 0.5 * delta) < 0.05 and rel(float(dg.mean()), delta) < 0.01
+    pulsed = big_array(levels=101, update_noise=0.5)  # 3 pulses of 1e-6: σ = 0.5 · step · √3
+    dg = pulsed.update("g:w1p", g, g + 3e-6) - g
+    assert rel(float(dg.std()), 0.5 * 1e-6 * math.sqrt(3)) < 0.05
+    asym = big_array(asymmetry=0.3)
+    assert rel(float((asym.update("g:w1p", g, g + delta) - g).mean()), 1.3 * delta) < 1e-9
+    assert rel(float((g - asym.update("g:w1p", g, g - delta)).mean()), 0.7 * delta) < 1e-9
+    soft = big_array(soft_bounds=True)  # at a quarter of the range: up steps ×0.75, down ×0.25
+    assert rel(float((soft.update("g:w1p", g, g + delta) - g).mean()), 0.75 * delta) < 1e-9
+    assert rel(float((g - soft.update("g:w1p", g, g - delta)).mean()), 0.25 * delta) < 1e-9
+    spread = big_array(d2d=0.2)
+    gain = (spread.update("g:w1p", g, g + delta) - g) / delta
+    assert rel(float(gain.std()), 0.2) < 0.05
+    again = (spread.update("g:w1p", g, g + delta) - g) / delta  # each device keeps its own step size
+    torch.testing.assert_close(gain, again)
+
+
+def test_on_off_ratio_and_faults():
+    arr = big_array(on_off=20, stuck_min=0.05, stuck_max=0.03, open=0.02)
+    g = arr.program("g:w1p", torch.full((784, 64), 0.5 * G_MAX, dtype=torch.float64))
+    n = g.numel()
+    assert abs(float((g == G_MAX / 20).sum()) / n - 0.05) < 0.005
+    assert abs(float((g == G_MAX).sum()) / n - 0.03) < 0.005
+    assert abs(float((g == 0).sum()) / n - 0.02) < 0.005
+    moved = arr.update("g:w1p", g, g + 1e-6)
+    faulty = arr.faults["g:w1p"] != 0
+    assert torch.equal(moved[faulty], g[faulty]) and bool((moved[~faulty] > g[~faulty]).all())
+    assert float(arr.program("g:w1p", torch.zeros(784, 64, dtype=torch.float64))[~faulty].min()) == G_MAX / 20
+
+
+def test_read_noise_is_redrawn_every_settle_and_drift_follows_the_power_law():
+    arr = big_array(read_noise=0.04)
+    g = arr.cc.params["g:w1p"]
+    a, b = arr.view().params["g:w1p"], arr.view().params["g:w1p"]
+    assert not torch.equal(a, b)
+    assert rel(float(((a - g) / g).std()), 0.04) < 0.05
+    assert arr.cc.params["g:w1p"] is g  # the stored state is untouched by reads
+    drift = big_array(drift_nu=0.05, drift_nu_std=0.01, drift_t0=20.0, drift_time=3600.0)
+    ratio = drift.view().params["g:w1p"] / g
+    nu = -torch.log(ratio) / math.log(3600 / 20)
+    assert rel(float(nu.mean()), 0.05) < 0.01 and rel(float(nu.std()), 0.01) < 0.05
+
+
+def test_diode_and_amplifier_spread():
+    arr = big_array(diode_is_spread=0.3, diode_n_spread=0.05, amp_gain_error=0.02)
+    cc, hw = arr.cc, arr.hardware.params
+    name = cc.diodes[0].name
+    assert rel(float(torch.log(hw[f"IS:{name}"] / cc.params[f"IS:{name}"]).std()), 0.3) < 0.15  # 64+ diodes
+    ratios = torch.cat([hw[k] / cc.params[k] for k in cc.params if k.startswith("a:")]) - 1
+    assert len(ratios) >= 64 and rel(float(ratios.std()), 0.02) < 0.25
+    assert not torch.equal(hw[f"N:{name}"], cc.params[f"N:{name}"])
+
+
+def test_adc_and_johnson_noise_of_measured_voltages():
+    adc = big_array(adc_bits=6, adc_range=1.0)
+    s = torch.linspace(-1.5, 1.5, 10001, dtype=torch.float64)
+    m = adc.measure(s)
+    lsb = 2.0 / 64
+    assert len(torch.unique(m)) == 65 and float(m.abs().max()) == 1.0
+    assert float((m - s)[s.abs() < 1].abs().max()) <= lsb / 2 + 1e-15
+    c = 1e-15
+    johnson = big_array(johnson_capacitance=c, temperature=300.0)
+    noise = johnson.measure(torch.zeros(200_000, dtype=torch.float64))
+    assert rel(float(noise.std()), math.sqrt(BOLTZMANN * 300.0 / c)) < 0.01
+
+
+def test_finite_settling_stops_after_the_given_sweeps():
+    arr = big_array(settle_sweeps=2)
+    u = arr.cc.inputs_to_sources(torch.as_tensor(np.random.default_rng(0).random((4, 784))))
+    res = settle(arr.view(), u, rtol=1e-12, **arr.settle_kw())
+    assert res.iterations == 2 and not res.converged
+
+
+# every field, a non-ideal level: (value, whether it matters for a step from g_init on digits)
+LEVELS = dict(on_off=20.0, levels=32, write_noise=0.01, write_noise_state=0.02, update_noise=0.3, asymmetry=0.3,
+              soft_bounds=True, d2d=0.2, read_noise=0.02, drift_nu=0.05, stuck_min=0.05, stuck_max=0.05, open=0.05,
+              diode_is_spread=0.3, diode_n_spread=0.05, amp_gain_error=0.05, johnson_capacitance=1e-16,
+              adc_bits=6, settle_sweeps=1)
+PAIRED = dict(drift_nu=dict(drift_time=3600.0))  # fields that act only together with another
+
+
+def tiny(device: dict | None = None) -> Trainer:
+    raw = dict(name="tiny", data=dict(dataset="digits", batch_size=32),
+               circuit=dict(layers="64,16,10", amplifier_gain=4.0, clamp=[0.6, 0.4], g_init=[1e-6, 1e-5]),
+               train=dict(lr=[2e-6], beta=2e-5, target=[0.0, 0.2], dtype="float64"))
+    if device is not None:
+        raw["device"] = dict(in_the_loop=True, **device)
+    return Trainer(Config.from_dict(raw), data=DIGITS)
+
+
+def step_and_read(tr: Trainer):
+    tr.step(torch.as_tensor(DIGITS.x_train[:32]), torch.as_tensor(DIGITS.y_train[:32]))
+    V, _ = tr.predict(DIGITS.x_val[:64])
+    return {k: tr.cc.params[k].detach().clone() for k in tr.keys}, V
+
+
+def test_every_field_covered_and_presets_valid():
+    assert set(LEVELS) | {"temperature", "adc_range", "drift_nu_std", "drift_t0", "drift_time"} == {
+        f.name for f in dataclasses.fields(DeviceModel)}
+    assert IDEAL.ideal and all(not p.ideal for name, p in PRESETS.items() if name != "ideal")
+
+
+@pytest.mark.parametrize("field", sorted(LEVELS))
+def test_each_non_ideality_changes_training_and_switching_it_off_restores_ideal_bit_for_bit(field):
+    ref_params, ref_V = step_and_read(tiny())
+    off_params, off_V = step_and_read(tiny(dict(preset="ideal", **{field: getattr(IDEAL, field)})))
+    assert torch.equal(off_V, ref_V) and all(torch.equal(off_params[k], ref_params[k]) for k in ref_params)
+    on_params, on_V = step_and_read(tiny(dict(preset="ideal", **{field: LEVELS[field]}, **PAIRED.get(field, {}))))
+    assert not torch.equal(on_V, ref_V) or any(not torch.equal(on_params[k], ref_params[k]) for k in ref_params)
+
+
+def test_deploying_on_ideal_devices_is_the_ideal_emulator():
+    tr = tiny()
+    tr.fit(epochs=1, progress=False)
+    x, y = DIGITS.x_test, DIGITS.y_test
+    assert tr.deployed_errors(IDEAL, x, y, realisations=2) == [tr.error(x, y)] * 2
+    noisy = tr.deployed_errors(DeviceModel.build("reram"), x, y, realisations=3)
+    assert len(set(noisy)) > 1  # realisations differ
+    assert tr.deployed_errors(DeviceModel.build("reram"), x, y, realisations=3) == noisy  # seeded
+
+
+def test_device_config_errors():
+    with pytest.raises(ValueError, match="unknown device preset"):
+        DeviceModel.build("memristor9000")
+    with pytest.raises(ValueError, match="unknown device setting"):
+        Config.from_dict(dict(device=dict(read_nosie=0.1)))
+    with pytest.raises(ValueError, match="negative"):
+        DeviceModel.build(read_noise=-0.1)
+    with pytest.raises(ValueError, match="on_off"):
+        DeviceModel.build(on_off=0.5)
+
+
+def test_in_the_loop_training_resumes_exactly(tmp_path):
+    from analog_ep.train import load_checkpoint
+
+    def run(out, epochs):
+        tr = tiny(dict(preset="reram"))
+        tr.out = out
+        tr.fit(epochs=epochs, progress=False)
+        return tr
+
+    full = run(tmp_path / "a", 2)
+    run(tmp_path / "b", 1)
+    resumed = load_checkpoint(tmp_path / "b", data=DIGITS)
+    resumed.fit(epochs=2, progress=False)
+    for k in full.keys:
+        assert torch.equal(resumed.cc.params[k], full.cc.params[k])
+    g = torch.cat([full.cc.params[k].reshape(-1) for k in full.keys])
+    assert float(g[g > 0].min()) >= full.devices.g_min  # open devices aside, the on/off ratio holds
+
+
+def test_cli_evaluate_with_a_device_model(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from analog_ep.cli import app
+
+    tr = tiny()
+    tr.out = tmp_path
+    tr.fit(epochs=3, progress=False)
+    res = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path), "--device-model", "pcm",
+                                   "--device-set", "read_noise=0.2", "--realisations", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(out["test_errors"]) == 3 and out["deployment"] == "deploy-only" and out["device_preset"] == "pcm"
+    assert out["device_settings"] == {"read_noise": 0.2}
+    assert abs(out["test_error"] - np.mean(out["test_errors"])) < 1e-12 and out["test_error_std"] > 0
+    bad = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path), "--device-set", "levels"])
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.stderr
