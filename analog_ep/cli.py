@@ -346,6 +346,36 @@ def evaluate(
 
 @app.command()
 @_guard
+def sweep(
+    checkpoint: Path = typer.Option(..., help="Trained checkpoint (file or run directory)."),
+    vary: list[str] = typer.Option(..., help="FIELD=v1,v2,... of a device model field (repeatable)."),
+    preset: str = typer.Option("ideal", help="Device preset the varied field replaces."),
+    realisations: int = typer.Option(5, help="Device realisations per level."),
+    loop_epochs: int = typer.Option(1, help="Epochs of in-the-loop training per level (0: deploy-only)."),
+    train_subset: Optional[int] = typer.Option(None, help="Train in the loop on the first N training images."),
+    test_subset: Optional[int] = typer.Option(None, help="Evaluate on the first N test images."),
+    out: Path = typer.Option(Path("runs/sweep"), help="Directory for sweep.csv/json/md/png."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+):
+    """Robustness study: test error vs each non-ideality's level, deploy-only and in the loop."""
+    from .train.sweep import parse_vary, run_sweep, write_sweep
+
+    if realisations < 1:
+        _fail("--realisations must be >= 1")
+    levels = parse_vary(vary)
+    show = lambda r: typer.echo(f"{r.field}={r.level:g} {r.mode}: {100 * r.error_mean:.2f} ± "
+                                f"{100 * r.error_std:.2f} %", err=True)
+    rows = run_sweep(checkpoint, levels, preset=preset, realisations=realisations, loop_epochs=loop_epochs,
+                     train_subset=train_subset, test_subset=test_subset, progress=show, device=device)
+    meta = dict(checkpoint=str(checkpoint), preset=preset, realisations=realisations, loop_epochs=loop_epochs,
+                train_subset=train_subset, test_subset=test_subset, command=" ".join(sys.argv))
+    paths = write_sweep(rows, out, meta)
+    typer.echo(paths["md"].read_text())
+    typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+@app.command()
+@_guard
 def pack(
     checkpoint: Path = typer.Option(..., help="Checkpoint file or run directory."),
     output: Path = typer.Option(..., "-o", "--output", help="Packed checkpoint to write."),

@@ -1,6 +1,7 @@
 """Device non-idealities: each one's statistics, and switching each off restores the ideal
 emulator bit for bit (statistical tolerances: ≥ 40,000 draws, 5 % on a standard deviation)."""
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -38,6 +39,10 @@ def test_levels_quantise_writes_and_updates():
     assert torch.equal(small, g)
     up = arr.update("g:w1p", g, g + 1.6 * arr.step)  # two pulses, clipped at g_max
     assert torch.equal(up, (g + 2 * arr.step).clamp(max=G_MAX))
+    sr = big_array(levels=16, stochastic_rounding=True)
+    mid = torch.full((784, 64), 5 * sr.step, dtype=torch.float64)
+    moved = (sr.update("g:w1p", mid, mid + 0.3 * sr.step) - mid) / sr.step
+    assert set(torch.round(moved).unique().tolist()) == {0.0, 1.0} and abs(float(moved.mean()) - 0.3) < 0.01
 
 
 @pytest.mark.parametrize("fields, sigma", [
@@ -131,11 +136,11 @@ def test_finite_settling_stops_after_the_given_sweeps():
 
 
 # every field, a non-ideal level: (value, whether it matters for a step from g_init on digits)
-LEVELS = dict(on_off=20.0, levels=32, write_noise=0.01, write_noise_state=0.02, update_noise=0.3, asymmetry=0.3,
+LEVELS = dict(on_off=20.0, levels=32, stochastic_rounding=True, write_noise=0.01, write_noise_state=0.02, update_noise=0.3, asymmetry=0.3,
               soft_bounds=True, d2d=0.2, read_noise=0.02, drift_nu=0.05, stuck_min=0.05, stuck_max=0.05, open=0.05,
               diode_is_spread=0.3, diode_n_spread=0.05, amp_gain_error=0.05, johnson_capacitance=1e-16,
               adc_bits=6, settle_sweeps=1)
-PAIRED = dict(drift_nu=dict(drift_time=3600.0))  # fields that act only together with another
+PAIRED = dict(drift_nu=dict(drift_time=3600.0), stochastic_rounding=dict(levels=32))  # fields that act only together with another
 
 
 def tiny(device: dict | None = None) -> Trainer:
@@ -227,3 +232,28 @@ def test_cli_evaluate_with_a_device_model(tmp_path):
     assert abs(out["test_error"] - np.mean(out["test_errors"])) < 1e-12 and out["test_error_std"] > 0
     bad = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path), "--device-set", "levels"])
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.stderr
+
+
+def test_sweep_writes_table_and_plot(tmp_path):
+    from typer.testing import CliRunner
+
+    from analog_ep.cli import app
+
+    tr = tiny()
+    tr.out = tmp_path / "ckpt"
+    tr.fit(epochs=3, progress=False)
+    ideal = tr.error(DIGITS.x_test, DIGITS.y_test)
+    res = CliRunner().invoke(app, ["sweep", "--checkpoint", str(tmp_path / "ckpt"), "--vary", "read_noise=0,0.2",
+                                   "--vary", "levels=8", "--realisations", "2", "--train-subset", "300",
+                                   "--out", str(tmp_path / "sweep")])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
+    assert [(r["field"], r["level"], r["mode"]) for r in rows] == [
+        ("read_noise", 0.0, "deploy-only"), ("read_noise", 0.0, "in-the-loop"), ("read_noise", 0.2, "deploy-only"),
+        ("read_noise", 0.2, "in-the-loop"), ("levels", 8.0, "deploy-only"), ("levels", 8.0, "in-the-loop")]
+    assert rows[0]["errors"] == [ideal, ideal]
+    assert rows[2]["error_std"] > 0
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 5000
+    assert "| read_noise | 0.2 |" in (tmp_path / "sweep" / "sweep.md").read_text()
+    bad = CliRunner().invoke(app, ["sweep", "--checkpoint", str(tmp_path / "ckpt"), "--vary", "read_noise"])
+    assert bad.exit_code == 2 and "FIELD=" in bad.stderr

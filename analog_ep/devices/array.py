@@ -94,7 +94,12 @@ class DeviceArray:
         g = g.detach()
         delta = proposed.detach() - g
         if m.levels:
-            pulses = torch.round(delta / self.step)
+            steps = delta / self.step
+            if m.stochastic_rounding:  # P(round up) = fractional part: small updates survive on average
+                pulses = torch.floor(steps + torch.rand(steps.shape, generator=self.gen, dtype=torch.float64)
+                                     .to(steps.device, steps.dtype))
+            else:
+                pulses = torch.round(steps)
             dg = pulses * self.step
             sigma = m.update_noise * self.step * pulses.abs().sqrt()
         else:

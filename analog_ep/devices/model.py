@@ -21,6 +21,7 @@ class DeviceModel:
     write_noise: float = 0.0  # σ of every write, fraction of g_max (state-independent)
     write_noise_state: float = 0.0  # σ of every write, fraction of the written conductance (state-dependent)
     # in-the-loop updates
+    stochastic_rounding: bool = False  # round updates to whole levels stochastically (unbiased) instead of nearest
     update_noise: float = 0.0  # cycle-to-cycle σ of one level step (or of |Δg| when analog), relative
     asymmetry: float = 0.0  # potentiation steps × (1 + a), depression steps × (1 − a)
     soft_bounds: bool = False  # steps shrink near the bound they move towards
