@@ -148,6 +148,9 @@ def _static(cc: Compiled) -> _Static:
     for blk in cc.blocks:
         g = p[blk.name]
         ra, rb, ga, gb = root[blk.a], root[blk.b], gain[blk.a], gain[blk.b]
+        if blk.dense and bool((ra < nf).all()) != bool((rb < nf).all()):
+            _add_dense_to_fixed(D, D_fix, K, nf, ra, rb, ga, gb, g)
+            continue
         if blk.dense:  # homogeneous: every row (column) free, or every row (column) fixed
             ra, rb = ra[:, None].expand_as(g), rb[None, :].expand_as(g)
             ga, gb = ga[:, None].expand_as(g), gb[None, :].expand_as(g)
@@ -190,6 +193,18 @@ def _static(cc: Compiled) -> _Static:
     static = _Static(D, D_fix, K, f_const, M, M_rows, ff, dio, dio_fixed, gain)
     cc.cache["static"] = (key, static)
     return static
+
+
+def _add_dense_to_fixed(D, D_fix, K, nf, ra, rb, ga, gb, g) -> None:
+    """A dense block between free rows and fixed columns (or the reverse), e.g. input sources
+    to a hidden layer: row/column sums and two index_adds, never an m×n index expansion."""
+    if not bool((ra < nf).all()):  # make the rows the free side
+        ra, rb, ga, gb, g = rb, ra, gb, ga, g.T
+    load = ga * ga * g.sum(1)
+    D.index_add_(0, ra, load)
+    D_fix.index_add_(0, ra, load)
+    w = (g * ga[:, None] * gb[None, :]).T  # (fixed, free)
+    K.index_add_(1, ra, torch.zeros(K.shape[0], ra.numel(), dtype=K.dtype, device=K.device).index_add_(0, rb - nf, w))
 
 
 def _assemble(cc: Compiled, u: torch.Tensor, beta, target) -> _Ops:

@@ -1,0 +1,146 @@
+"""Full EP training step (free phase + two centred nudged phases + gradient + Adam update) per
+circuit size, batch size, dtype and device, with achieved FLOP/s and memory.
+
+    .venv/bin/python benchmarks/ep_step.py [--circuits xs,1h,2h] [--batches 1,32,128] \
+        [--dtypes float32,float64] [--devices cpu,cuda] [--repeats 5] [--out benchmarks/results/ep_step.json]
+
+Circuits use the training configs' components (examples/mnist_1h.toml: gain-4 amplifiers,
+Shockley clamp diodes, 16 V pixels): xs 2x784-100-10, 1h 2x784-1024-10, 2h 2x784-1024-1024-10,
+xl 2x784-30000-10. Inputs are MNIST training images when the dataset is cached, else uniform
+random pixels (the JSON says which). Each step is a real Trainer.step, so conductances change
+and the parameter-only operators are rebuilt every step, as in training. Timing: median of
+--repeats steps after two warm-up steps. FLOPs: torch.profiler's count for the matrix products
+of one step (the dominant work); "peak" is the rate of one large matmul measured in the same run
+on the same device and dtype (the achievable dense rate), so the ratio is the fraction of it
+the step reaches. TF32 (CUDA only) is float32 storage with TF32 matmuls.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from analog_ep.train import Config, Trainer
+
+CIRCUITS = {"xs": "784,100,10", "1h": "784,1024,10", "2h": "784,1024,1024,10", "xl": "784,30000,10"}
+
+
+def inputs(n: int):
+    """MNIST training images (cached by `make data`), else uniform random pixels."""
+    try:
+        from analog_ep.data.datasets import load_dataset
+
+        d = load_dataset("mnist")
+        return torch.as_tensor(d.x_train[:n]), torch.as_tensor(d.y_train[:n]), "mnist"
+    except Exception:  # no cached MNIST (e.g. an offline GPU machine)
+        g = torch.Generator().manual_seed(0)
+        return torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g), "random"
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str, dtype: torch.dtype, n: int = 4096) -> float:
+    """FLOP/s of one large square matmul (median of 5): the achievable dense rate."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(5):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def step_flops(tr: Trainer, x, y) -> float:
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if tr.device.type == "cuda" else [])
+    with profile(activities=acts, with_flops=True) as prof:
+        tr.step(x, y)
+    return float(sum(e.flops for e in prof.key_averages() if e.flops))
+
+
+def bench(name: str, device: str, dtype: str, batch: int, repeats: int, data) -> dict:
+    cfg = Config.load(Path(__file__).resolve().parents[1] / "examples" / "mnist_1h.toml")
+    cfg.circuit.layers = CIRCUITS[name]
+    cfg.train.dtype = "float64" if dtype == "float64" else "float32"
+    cfg.train.lr = cfg.train.lr[:1]
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    tr = Trainer(cfg, device=device)
+    xs, ys, source = data
+    batches = [(xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch]) for i in range(repeats + 2)]
+    for x, y in batches[:2]:
+        tr.step(x, y)
+    times, sweeps = [], []
+    for x, y in batches[2:]:
+        sync(device)
+        t0 = time.perf_counter()
+        _, _, it = tr.step(x, y)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        sweeps.append(it)
+    sec = statistics.median(times)
+    flops = step_flops(tr, *batches[0])
+    torch_dtype = torch.float64 if dtype == "float64" else torch.float32
+    peak = matmul_peak(device, torch_dtype)
+    row = dict(circuit=name, layers=CIRCUITS[name], device=device, dtype=dtype, batch=batch, inputs=source,
+               step_seconds=sec, step_seconds_all=times, per_sample_seconds=sec / batch,
+               free_sweeps=float(np.mean(sweeps)), matmul_flops=flops, achieved_flops_per_s=flops / sec,
+               matmul_peak_flops_per_s=peak, fraction_of_peak=flops / sec / peak)
+    if device.startswith("cuda"):
+        row["max_memory_bytes"] = torch.cuda.max_memory_allocated()
+    else:
+        row["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--circuits", default="xs,1h,2h")
+    ap.add_argument("--batches", default="1,32,128")
+    ap.add_argument("--dtypes", default="float32,float64")
+    ap.add_argument("--devices", default="cpu" + (",cuda" if torch.cuda.is_available() else ""))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default="benchmarks/results/ep_step.json")
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    data = inputs((args.repeats + 2) * max(batches))
+    rows = []
+    for name in args.circuits.split(","):
+        for device in args.devices.split(","):
+            for dtype in args.dtypes.split(","):
+                if dtype == "tf32" and not device.startswith("cuda"):
+                    continue
+                for batch in batches:
+                    row = bench(name, device, dtype, batch, args.repeats, data)
+                    rows.append(row)
+                    print(f"{name:>3s} {device:>5s} {dtype:>7s} batch {batch:>4d}: step {row['step_seconds'] * 1e3:9.2f} ms "
+                          f"({row['per_sample_seconds'] * 1e6:9.1f} us/sample), {row['free_sweeps']:.1f} free sweeps, "
+                          f"{row['achieved_flops_per_s'] / 1e9:8.2f} GFLOP/s = {100 * row['fraction_of_peak']:.1f} % "
+                          f"of a large matmul ({row['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s)", flush=True)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    out = dict(machine=platform.processor() or platform.machine(), gpu=gpu, torch=torch.__version__,
+               threads=torch.get_num_threads(), steps=rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
