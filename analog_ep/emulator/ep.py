@@ -45,13 +45,49 @@ def _grad_dict(scalar: torch.Tensor, leaves: dict, uu: torch.Tensor, keys, sign:
     return out
 
 
+def _conductance_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Σ_k w_k ∂E/∂g(s_k) = Σ_k w_k ½ΔV² for every conductance block in ``keys``, summed over
+    samples — direct, since the energy is linear in each conductance (what autograd would give,
+    without the energy's forward matmuls). A dense block with a fixed side (sources to a layer)
+    needs one matmul for all states together, as its fixed side is the same in every state."""
+    blocks = [b for b in cc.blocks if b.name in keys]
+    if not blocks:
+        return {}
+    states = [(torch.as_tensor(w, dtype=cc.dtype, device=cc.device).reshape(-1, 1), cc.voltages(s.detach(), u))
+              for w, s in weights_and_states]
+    total = lambda f: sum(f(w, V) for w, V in states)
+    grads = {}
+    with torch.no_grad():
+        for blk in blocks:
+            a, b = blk.a, blk.b
+            if not blk.dense:
+                grads[blk.name] = 0.5 * total(lambda w, V: (w * (V[:, a] - V[:, b]) ** 2).sum(0))
+                continue
+            sq = 0.5 * (total(lambda w, V: (w * V[:, a] ** 2).sum(0))[:, None]
+                        + total(lambda w, V: (w * V[:, b] ** 2).sum(0))[None, :])
+            V0 = states[0][1]
+            if bool((cc.root[a] >= cc.n_free).all()):
+                cross = V0[:, a].T @ total(lambda w, V: w * V[:, b])
+            elif bool((cc.root[b] >= cc.n_free).all()):
+                cross = total(lambda w, V: w * V[:, a]).T @ V0[:, b]
+            else:
+                cross = torch.cat([w * V[:, a] for w, V in states]).T @ torch.cat([V[:, b] for _, V in states])
+            grads[blk.name] = sq - cross
+    return grads
+
+
 def _param_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Σ_k w_k · ∂E/∂θ(s_k) summed over samples, by autograd at fixed states."""
-    leaves, uu = _leaves(cc, keys, u)
+    """Σ_k w_k · ∂E/∂θ(s_k) summed over samples: conductances directly, any other parameter
+    (amplifier gains, diode IS/N, sources) by autograd of the energy at fixed states."""
+    grads = _conductance_grads(cc, keys, weights_and_states, u)
+    rest = [k for k in keys if k not in grads]
+    if not rest:
+        return grads
+    leaves, uu = _leaves(cc, rest, u)
     total = 0.0
     for w, s in weights_and_states:
         total = total + (w * energy(cc, s.detach(), uu, params=leaves)).sum()
-    return _grad_dict(total, leaves, uu, keys)
+    return {**grads, **_grad_dict(total, leaves, uu, rest)}
 
 
 def ep_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, beta: float, *, mode: str = "centered",

@@ -215,7 +215,12 @@ def _assemble(cc: Compiled, u: torch.Tensor, beta, target) -> _Ops:
     nf, dev, dt = cc.n_free, cc.device, cc.dtype
     B = u.shape[0]
     ext_u = torch.cat([u, u.new_zeros(B, 1)], dim=1)  # [u | ground], indexed by root - nf
-    f = ext_u @ st.K + st.f_const
+    hit = cc.cache.get("f_sources")  # the free and nudged phases of an EP step share u
+    if hit is not None and hit[0] is u and hit[1] == u._version and hit[2] is st:
+        f = hit[3]
+    else:
+        f = ext_u @ st.K + st.f_const
+        cc.cache["f_sources"] = (u, u._version, st, f)
     D, D_fix = st.D[None].expand(B, -1), st.D_fix[None]
     if target is not None and cc.outputs.numel():
         beta = torch.as_tensor(beta, dtype=dt, device=dev).reshape(-1, 1)
