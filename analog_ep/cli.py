@@ -352,6 +352,8 @@ def sweep(
     preset: str = typer.Option("ideal", help="Device preset the varied field replaces."),
     realisations: int = typer.Option(5, help="Device realisations per level."),
     loop_epochs: int = typer.Option(1, help="Epochs of in-the-loop training per level (0: deploy-only)."),
+    loop_realisations: Optional[int] = typer.Option(None, help="Device realisations trained in the loop "
+                                                    "per level (default: --realisations)."),
     train_subset: Optional[int] = typer.Option(None, help="Train in the loop on the first N training images."),
     test_subset: Optional[int] = typer.Option(None, help="Evaluate on the first N test images."),
     out: Path = typer.Option(Path("runs/sweep"), help="Directory for sweep.csv/json/md/png."),
@@ -360,14 +362,15 @@ def sweep(
     """Robustness study: test error vs each non-ideality's level, deploy-only and in the loop."""
     from .train.sweep import parse_vary, run_sweep, write_sweep
 
-    if realisations < 1:
-        _fail("--realisations must be >= 1")
+    if realisations < 1 or (loop_realisations is not None and loop_realisations < 1):
+        _fail("--realisations and --loop-realisations must be >= 1")
     levels = parse_vary(vary)
     show = lambda r: typer.echo(f"{r.field}={r.level:g} {r.mode}: {100 * r.error_mean:.2f} ± "
                                 f"{100 * r.error_std:.2f} %", err=True)
     rows = run_sweep(checkpoint, levels, preset=preset, realisations=realisations, loop_epochs=loop_epochs,
-                     train_subset=train_subset, test_subset=test_subset, progress=show, device=device)
+                     loop_realisations=loop_realisations, train_subset=train_subset, test_subset=test_subset, progress=show, device=device)
     meta = dict(checkpoint=str(checkpoint), preset=preset, realisations=realisations, loop_epochs=loop_epochs,
+                loop_realisations=loop_realisations or realisations,
                 train_subset=train_subset, test_subset=test_subset, command=" ".join(sys.argv))
     paths = write_sweep(rows, out, meta)
     typer.echo(paths["md"].read_text())

@@ -244,7 +244,7 @@ def test_sweep_writes_table_and_plot(tmp_path):
     tr.fit(epochs=3, progress=False)
     ideal = tr.error(DIGITS.x_test, DIGITS.y_test)
     res = CliRunner().invoke(app, ["sweep", "--checkpoint", str(tmp_path / "ckpt"), "--vary", "read_noise=0,0.2",
-                                   "--vary", "levels=8", "--realisations", "2", "--train-subset", "300",
+                                   "--vary", "levels=8", "--realisations", "2", "--loop-realisations", "1", "--train-subset", "300",
                                    "--out", str(tmp_path / "sweep")])
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
@@ -252,7 +252,7 @@ def test_sweep_writes_table_and_plot(tmp_path):
         ("read_noise", 0.0, "deploy-only"), ("read_noise", 0.0, "in-the-loop"), ("read_noise", 0.2, "deploy-only"),
         ("read_noise", 0.2, "in-the-loop"), ("levels", 8.0, "deploy-only"), ("levels", 8.0, "in-the-loop")]
     assert rows[0]["errors"] == [ideal, ideal]
-    assert rows[2]["error_std"] > 0
+    assert rows[2]["error_std"] > 0 and len(rows[1]["errors"]) == 1
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 5000
     assert "| read_noise | 0.2 |" in (tmp_path / "sweep" / "sweep.md").read_text()
     bad = CliRunner().invoke(app, ["sweep", "--checkpoint", str(tmp_path / "ckpt"), "--vary", "read_noise"])

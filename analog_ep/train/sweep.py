@@ -50,10 +50,11 @@ def _as_field(model: DeviceModel, field: str, level: float):
 
 
 def run_sweep(checkpoint: str | Path, vary: dict[str, list[float]], *, preset: str = "ideal", realisations: int = 5,
-              loop_epochs: int = 1, train_subset: int | None = None, test_subset: int | None = None,
+              loop_epochs: int = 1, loop_realisations: int | None = None, train_subset: int | None = None, test_subset: int | None = None,
               seed: int = 0, progress=None, device: str = "cpu") -> list[SweepRow]:
     """One row per (field, level, mode). ``preset`` is the base the varied field replaces;
-    ``loop_epochs=0`` skips in-the-loop training."""
+    ``loop_epochs=0`` skips in-the-loop training, which uses ``loop_realisations`` devices
+    (default: ``realisations``)."""
     base = DeviceModel.build(preset)
     models = {(f, lv): DeviceModel.build(preset, **{f: _as_field(base, f, lv)}) for f, levels in vary.items()
               for lv in levels}  # validate everything before spending time
@@ -71,7 +72,7 @@ def run_sweep(checkpoint: str | Path, vary: dict[str, list[float]], *, preset: s
         if loop_epochs <= 0:
             continue
         errors = []
-        for r in range(realisations):
+        for r in range(realisations if loop_realisations is None else loop_realisations):
             tuned = load_checkpoint(checkpoint, device=device, data=d)
             tuned.out = None
             tuned.cfg.data.train_subset = train_subset
