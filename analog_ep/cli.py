@@ -379,6 +379,34 @@ def sweep(
 
 @app.command()
 @_guard
+def gdu(
+    model: str = typer.Option("toy", help="toy (seed 003 C.2), eb-1h or p-1h (784-512-10 on MNIST)."),
+    seed: int = typer.Option(0, help="Initialisation and data draw."),
+    batch: int = typer.Option(20, help="Samples the processes are averaged over (the seed: 20)."),
+    plot: Optional[Path] = typer.Option(None, help="PNG of ΔEP vs −∇BPTT processes."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
+):
+    """The GDU property (seed 003): EP's per-step updates vs BPTT's gradients, RelMSE per layer."""
+    from .models import gdu as g
+
+    net, x, y, settings = g.setup(model, seed=seed, batch=batch)
+    proc = g.processes(net, x, y, **settings)
+    result = dict(model=model, seed=seed, batch=batch, **settings, **g.report(proc))
+    if plot is not None:
+        g.plot(proc, plot)
+        result["plot"] = str(plot)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{model}: T={settings['T']} K={settings['K']} beta={settings['beta']}, batch {batch}; "
+               f"free phase residual {result['free_residual']:.1e}")
+    for name, v in result["rel_mse"].items():
+        sign = result["sign_agreement"].get(name)
+        typer.echo(f"  {name:>6s}: RelMSE {v:.4f}" + ("" if sign is None else f", sign agreement {100 * sign:.1f} %"))
+
+
+@app.command()
+@_guard
 def pack(
     checkpoint: Path = typer.Option(..., help="Checkpoint file or run directory."),
     output: Path = typer.Option(..., "-o", "--output", help="Packed checkpoint to write."),

@@ -1,0 +1,143 @@
+"""The GDU property (seed 003, Theorem 1): the EP updates of the first K nudged steps equal,
+step by step, minus the BPTT gradients of the last K free steps, when the free phase has
+converged. Here both processes are computed and compared with the seed's RelMSE (eq. 67) and
+the sign agreement of the weight updates.
+
+Pairing (seed 003's main-text convention): for k = 0..K−1,
+ΔEP_s(k) = (s^β_{k+1} − s^β_k)/β'  ↔  −∂L/∂s_{T−k},
+ΔEP_θ(k) = (∂Φ/∂θ(s^β_{k+1}) − ∂Φ/∂θ(s^β_k))/β'  ↔  −∂L/∂θ through the step s_{T−k−1} → s_{T−k},
+with L = ½‖s⁰_T − y‖² and β' the nudge the step adds (εβ for the energy-based models, whose step
+is the Euler step of the nudged continuous dynamics); both processes are averaged over the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .discrete import DiscreteModel
+
+
+@dataclass
+class Processes:
+    ep: dict[str, torch.Tensor]  # name -> (K, *shape): layers "s0", "s1", ... and weights "W0_1", ...
+    bptt: dict[str, torch.Tensor]  # the same names: −∇BPTT, so that GDU means ep == bptt
+    free_residual: float  # max |s_T − s_{T−1}|: how converged the free phase was
+
+
+def processes(model: DiscreteModel, x: torch.Tensor, y: torch.Tensor, T: int, K: int, beta: float) -> Processes:
+    B = x.shape[0]
+    with torch.no_grad():
+        s = model.relax(x, model.zeros(B), T - K)
+    # BPTT over the last K steps, with a separate copy of θ per step for per-step gradients
+    s = [t.clone().requires_grad_(True) for t in s]
+    states, thetas = [s], []
+    saved = dict(model.params)
+    for _ in range(K):
+        theta = {k: v.detach().clone().requires_grad_(True) for k, v in saved.items()}
+        model.params = theta
+        s = model.step(x, s)
+        for t in s:
+            t.retain_grad()
+        states.append(s)
+        thetas.append(theta)
+    model.params = saved
+    loss = 0.5 * ((states[-1][0] - y) ** 2).sum()
+    loss.backward()
+    with torch.no_grad():
+        s_star = [t.detach() for t in states[-1]]
+        residual = max(float((a - b.detach()).abs().max()) for a, b in zip(s_star, states[-2]))
+        grad = lambda t: torch.zeros_like(t) if t.grad is None else t.grad  # ∂L/∂s¹_T = 0: L reads s⁰ only
+        bptt = {f"s{i}": torch.stack([-grad(states[K - k][i]).sum(0) / B for k in range(K)]) for i in range(len(s))}
+        for name in model.params:
+            bptt[name] = torch.stack([-grad(thetas[K - 1 - k][name]) / B for k in range(K)])
+        # EP: the first K nudged steps from s* = s_T
+        nudged = [s_star]
+        for _ in range(K):
+            nudged.append(model.step(x, nudged[-1], beta, y))
+    scale = beta * model.nudge_scale * B
+    ep = {f"s{i}": torch.stack([(nudged[k + 1][i] - nudged[k][i]).sum(0) / scale for k in range(K)])
+          for i in range(len(s_star))}
+    grads = [model.phi_grads(x, st) for st in nudged]
+    for name in model.params:
+        ep[name] = torch.stack([(grads[k + 1][name] - grads[k][name]) / scale for k in range(K)])
+    return Processes(ep, bptt, residual)
+
+
+def rel_mse(f: torch.Tensor, g: torch.Tensor) -> float:
+    """Seed 003 eq. 67: mean over elements of ‖f − g‖ / max(‖f‖, ‖g‖), with ‖·‖ the RMS over
+    the K steps (axis 0). Elements where both processes are identically zero are skipped (the
+    P models' saw-teeth and saturated units)."""
+    rms = lambda a: a.pow(2).mean(0).sqrt()
+    den = torch.maximum(rms(f), rms(g))
+    keep = den > 0
+    return float((rms(f - g)[keep] / den[keep]).mean()) if bool(keep.any()) else 0.0
+
+
+def sign_agreement(f: torch.Tensor, g: torch.Tensor) -> float:
+    """Fraction of elements whose total update over the K steps has the same sign in both."""
+    a, b = torch.sign(f.sum(0)), torch.sign(g.sum(0))
+    keep = (a != 0) | (b != 0)
+    return float((a == b)[keep].float().mean()) if bool(keep.any()) else 1.0
+
+
+def report(p: Processes) -> dict:
+    return dict(rel_mse={k: rel_mse(p.ep[k], p.bptt[k]) for k in p.ep},
+                sign_agreement={k: sign_agreement(p.ep[k], p.bptt[k]) for k in p.ep if k.startswith("W")},
+                free_residual=p.free_residual)
+
+
+def plot(p: Processes, path, n_traces: int = 4):
+    """ΔEP (solid) vs −∇BPTT (dashed) for a few elements of each layer, as the seed's figures."""
+    from ..train.plots import _plt
+
+    plt = _plt()
+    names = list(p.ep)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 2.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ep, bp = p.ep[name].reshape(p.ep[name].shape[0], -1), p.bptt[name].reshape(p.bptt[name].shape[0], -1)
+        idx = torch.argsort(bp.abs().amax(0), descending=True)[:n_traces]
+        for c, i in enumerate(idx.tolist()):
+            ax.plot(ep[:, i].cpu(), color=f"C{c}", lw=1.5)
+            ax.plot(bp[:, i].cpu(), color=f"C{c}", ls="--", lw=1.5)
+        ax.set_title(f"{name}: ΔEP (—) vs −∇BPTT (--)", fontsize=8)
+        ax.set_xlabel("t", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# seed 003 table 3: the GDU demonstrations (activation, T, K, β, ε)
+SETTINGS = {
+    "toy": dict(T=5000, K=80, beta=0.01),
+    "eb-1h": dict(T=800, K=80, beta=0.001),
+    "p-1h": dict(T=150, K=10, beta=0.01),
+}
+
+
+def setup(name: str, seed: int = 0, batch: int = 20, dtype=torch.float64):
+    """(model, x, y, settings) for a GDU demonstration: the toy model on uniform random inputs
+    and one-hot targets (seed 003 C.2), the 784-512-10 nets on MNIST training images."""
+    from .discrete import EnergyBased, Prototypical, layered_pairs, toy_model
+
+    if name not in SETTINGS:
+        raise ValueError(f"unknown GDU model {name!r}; choose from {', '.join(SETTINGS)}")
+    g = torch.Generator().manual_seed(seed)
+    if name == "toy":
+        x = torch.rand(batch, 10, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 5, (batch,), generator=g)
+        model = toy_model(seed, dtype)
+        n_out = 5
+    else:
+        from ..data import load_dataset
+
+        d = load_dataset("mnist")
+        idx = torch.randperm(len(d.y_train), generator=g)[:batch]
+        x, labels = torch.as_tensor(d.x_train[idx.numpy()], dtype=torch.float64), torch.as_tensor(d.y_train[idx.numpy()])
+        kind = EnergyBased if name.startswith("eb") else Prototypical
+        kw = dict(eps=0.08) if kind is EnergyBased else {}
+        model = kind([10, 512], 784, layered_pairs(2), act="tanh", dtype=dtype, seed=seed, **kw)
+        n_out = 10
+    y = torch.eye(n_out, dtype=torch.float64)[labels]
+    return model, x.to(dtype), y.to(dtype), SETTINGS[name]
