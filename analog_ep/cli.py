@@ -245,8 +245,9 @@ def train(
     """Train a circuit with Equilibrium Propagation in the emulator. Under torchrun, data-parallel
     over the ranks (gloo on CPU, NCCL on CUDA); rank 0 writes the run directory."""
     from .spice.netlist import save_deck
-    from .train import Config, Trainer, TrainingError, load_checkpoint
+    from .train import Config, TrainingError, load_checkpoint
     from .train.distributed import init_from_env
+    from .train.trainer import make_trainer
     from .train.plots import conductance_histogram, learning_curve
 
     cfg = Config.load(config)
@@ -264,9 +265,9 @@ def train(
     else:
         if ckpt.exists():
             _fail(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
-        trainer = Trainer(cfg, device=device, out=out, dist=dist)
+        trainer = make_trainer(cfg, device=device, out=out, dist=dist)
     say = typer.echo if dist.is_main else (lambda *a, **k: None)
-    say(f"{cfg.name}: {trainer.circuit.summary()}; {trainer.data.splits}"
+    say(f"{cfg.name}: {trainer.summary()}; {trainer.data.splits}"
         + (f"; {dist.world} ranks" if dist.active else ""), err=True)
     try:
         trainer.fit(progress=progress)
@@ -277,12 +278,13 @@ def train(
         return
     if trainer.history:
         learning_curve(trainer.history, out / "learning_curve.png")
-    conductance_histogram({k: trainer.cc.params[k] for k in trainer.keys}, out / "conductances.png",
-                          trainer.cfg.train.g_max)
-    deck = save_deck(trainer.cc.to_circuit(), out / "trained.cir")
     (out / "test.json").write_text(json.dumps(dict(test_error=test_error, n=len(trainer.data.y_test))))
-    say(f"test error {100 * test_error:.2f} % on {len(trainer.data.y_test)} images; "
-        f"wrote {ckpt}, {deck}, metrics.csv/json and plots in {out}")
+    wrote = f"{ckpt}, metrics.csv/json and plots"
+    if trainer.cfg.model.kind == "circuit":
+        conductance_histogram({k: trainer.cc.params[k] for k in trainer.keys}, out / "conductances.png",
+                              trainer.cfg.train.g_max)
+        wrote = f"{ckpt}, {save_deck(trainer.cc.to_circuit(), out / 'trained.cir')}, metrics.csv/json and plots"
+    say(f"test error {100 * test_error:.2f} % on {len(trainer.data.y_test)} images; wrote {wrote} in {out}")
 
 
 @app.command()

@@ -63,7 +63,8 @@ def tiny_config(**train):
     (dict(train=dict(nudging="sideways")), "nudging"),
     (dict(train=dict(lr=[1e-7, 1e-7, 1e-7])), "one per layer"),
     (dict(train=dict(colour="red")), "unknown setting"),
-    (dict(model=dict()), "unknown config section"),
+    (dict(network=dict()), "unknown config section"),
+    (dict(model=dict(kind="transformer")), "model.kind"),
 ])
 def test_config_errors(section, message):
     with pytest.raises(ValueError, match=message):

@@ -21,6 +21,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -67,9 +68,8 @@ class SettleResult:
 class _Ops:
     D: torch.Tensor  # (B or 1, n_free) total conductance seen by each free root
     f_fixed: torch.Tensor  # (B, n_free) current from sources through conductances (+ injections)
-    M: torch.Tensor  # sparse CSR (n_free, n_free): positive coupling weights between free roots
-    M_rows: list[torch.Tensor]  # per colour: CSR rows of M
-    ff: tuple  # (ra, rb, γa, γb, g) of free-free elements, for Johnson noise
+    M: "_Coupling"  # positive coupling weights between free roots
+    ff: Callable[[], tuple]  # (ra, rb, γa, γb, g) of free-free elements, for Johnson noise (built on demand)
     D_fixed: torch.Tensor  # (B or 1, n_free) conductance to fixed nodes, for Johnson noise
     dio: "_Diodes"
 
@@ -124,9 +124,8 @@ class _Static:
     D_fix: torch.Tensor  # (n_free,) its part towards fixed nodes (Johnson noise)
     K: torch.Tensor  # (n_src + 1, n_free): f_fixed = [u | 0] @ K + f_const
     f_const: torch.Tensor  # (n_free,) injected currents
-    M: torch.Tensor
-    M_rows: list[torch.Tensor]
-    ff: tuple
+    M: "_Coupling"
+    ff: Callable[[], tuple]
     dio: _Diodes  # with an empty v_fixed
     dio_fixed: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (diode, ext index, κ) of fixed terminals
     gain: torch.Tensor
@@ -145,11 +144,18 @@ def _static(cc: Compiled) -> _Static:
     K = torch.zeros(ns + 1, nf, dtype=dt, device=dev)
     R, C, W = [], [], []
     ffa, ffb, ffga, ffgb, ffg = [], [], [], [], []
+    dense, dense_ff = [], []
     for blk in cc.blocks:
         g = p[blk.name]
         ra, rb, ga, gb = root[blk.a], root[blk.b], gain[blk.a], gain[blk.b]
         if blk.dense and bool((ra < nf).all()) != bool((rb < nf).all()):
             _add_dense_to_fixed(D, D_fix, K, nf, ra, rb, ga, gb, g)
+            continue
+        if blk.dense and _layer_block(cc, ra, rb):  # two free layers: kept dense
+            D.index_add_(0, ra, ga * ga * g.sum(1))
+            D.index_add_(0, rb, gb * gb * g.sum(0))
+            dense.append((ra, rb, g * ga[:, None] * gb[None, :]))
+            dense_ff.append((ra, rb, ga, gb, g))
             continue
         if blk.dense:  # homogeneous: every row (column) free, or every row (column) fixed
             ra, rb = ra[:, None].expand_as(g), rb[None, :].expand_as(g)
@@ -180,7 +186,6 @@ def _static(cc: Compiled) -> _Static:
         f_const.index_add_(0, r[m], (gain[node] * p[key_i])[m])
     cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
     rows, cols, vals = cat(R, torch.long), cat(C, torch.long), cat(W)
-    M = _csr(rows, cols, vals, (nf, nf))
     positions, M_rows = [], []
     for colour in cc.colours:
         pos = torch.full((nf,), -1, dtype=torch.long, device=dev)
@@ -188,11 +193,69 @@ def _static(cc: Compiled) -> _Static:
         positions.append(pos)
         keep = pos[rows] >= 0
         M_rows.append(_csr(pos[rows[keep]], cols[keep], vals[keep], (colour.numel(), nf)))
-    ff = (cat(ffa, torch.long), cat(ffb, torch.long), cat(ffga), cat(ffgb), cat(ffg))
+    M = _Coupling(_csr(rows, cols, vals, (nf, nf)), M_rows, dense, positions)
+
+    def ff():
+        """Free-free elements one by one (dense layer blocks expanded only here)."""
+        parts = [(a, b, x, y, z) for a, b, x, y, z in zip(ffa, ffb, ffga, ffgb, ffg)]
+        for ra, rb, ga, gb, g in dense_ff:
+            parts.append((ra[:, None].expand_as(g).reshape(-1), rb[None, :].expand_as(g).reshape(-1),
+                          ga[:, None].expand_as(g).reshape(-1), gb[None, :].expand_as(g).reshape(-1), g.reshape(-1)))
+        return tuple(cat([q[i] for q in parts], torch.long if i < 2 else dt) for i in range(5))
+
     dio, dio_fixed = _diodes(cc, gain, positions)
-    static = _Static(D, D_fix, K, f_const, M, M_rows, ff, dio, dio_fixed, gain)
+    static = _Static(D, D_fix, K, f_const, M, ff, dio, dio_fixed, gain)
     cc.cache["static"] = (key, static)
     return static
+
+
+def _layer_block(cc: Compiled, ra: torch.Tensor, rb: torch.Tensor) -> bool:
+    """Whether a dense block joins two free layers (rows all of one colour, columns all of
+    another): then its couplings stay a dense matrix instead of m×n sparse entries."""
+    nf = cc.n_free
+    if not (bool((ra < nf).all()) and bool((rb < nf).all())):
+        return False
+    colour = torch.full((nf,), -1, dtype=torch.long, device=ra.device)
+    for c, nodes in enumerate(cc.colours):
+        colour[nodes] = c
+    ca, cb = colour[ra], colour[rb]
+    return bool((ca == ca[0]).all()) and bool((cb == cb[0]).all()) and int(ca[0]) != int(cb[0])
+
+
+@dataclass
+class _Coupling:
+    """M: the positive couplings between free roots, M s being the current each root receives
+    from the other free roots — sparse entries plus dense blocks between two free layers."""
+
+    csr: torch.Tensor  # sparse CSR (n_free, n_free)
+    csr_rows: list[torch.Tensor]  # per colour: its CSR rows
+    dense: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (row roots, column roots, W)
+    positions: list[torch.Tensor]  # per colour: position of each root within it (−1: other colours)
+
+    def __matmul__(self, s: torch.Tensor) -> torch.Tensor:
+        """M s for a batch s (B, n_free)."""
+        out = (self.csr @ s.T).T
+        for ra, rb, W in self.dense:
+            out = out.index_add(1, ra, s[:, rb] @ W.T).index_add(1, rb, s[:, ra] @ W)
+        return out
+
+    def rows(self, c: int, s: torch.Tensor) -> torch.Tensor:
+        """The rows of M s that belong to colour c."""
+        out = (self.csr_rows[c] @ s.T).T
+        pos = self.positions[c]
+        for ra, rb, W in self.dense:
+            if int(pos[ra[0]]) >= 0:
+                out = out.index_add(1, pos[ra], s[:, rb] @ W.T)
+            elif int(pos[rb[0]]) >= 0:
+                out = out.index_add(1, pos[rb], s[:, ra] @ W)
+        return out
+
+    def to_dense(self) -> torch.Tensor:
+        M = self.csr.to_dense()
+        for ra, rb, W in self.dense:
+            M = M.index_put((ra[:, None], rb[None, :]), W, accumulate=True)
+            M = M.index_put((rb[:, None], ra[None, :]), W.T, accumulate=True)
+        return M
 
 
 def _add_dense_to_fixed(D, D_fix, K, nf, ra, rb, ga, gb, g) -> None:
@@ -232,7 +295,7 @@ def _assemble(cc: Compiled, u: torch.Tensor, beta, target) -> _Ops:
         f = f.index_add(1, r, beta * go * target)
     d, idx, k = st.dio_fixed
     v_fixed = torch.zeros(B, st.dio.IS.numel(), dtype=dt, device=dev).index_add(1, d, k * ext_u[:, idx])
-    return _Ops(D, f, st.M, st.M_rows, st.ff, D_fix, dataclasses.replace(st.dio, v_fixed=v_fixed))
+    return _Ops(D, f, st.M, st.ff, D_fix, dataclasses.replace(st.dio, v_fixed=v_fixed))
 
 
 def _diodes(cc: Compiled, gain: torch.Tensor, positions: list[torch.Tensor]):
@@ -272,15 +335,17 @@ def _diode_iv(v, IS, nvt):
     return IS * (e * (1 + over) - 1), IS * e / nvt
 
 
-def _field(ops: _Ops, s: torch.Tensor, M: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
-    """f = f_fixed + M s: the current each free root receives from everything but itself."""
-    ms = (M @ s.T).T
-    return (ops.f_fixed if cols is None else ops.f_fixed[:, cols]) + ms
+def _field(ops: _Ops, s: torch.Tensor, colour: int | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
+    """f = f_fixed + M s: the current each free root (of one colour) receives from everything
+    but itself."""
+    if colour is None:
+        return ops.f_fixed + ops.M @ s
+    return ops.f_fixed[:, cols] + ops.M.rows(colour, s)
 
 
 def residual(cc: Compiled, ops: _Ops, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """KCL residual r = ∂E/∂s (B, n_free), projected where an ideal clamp is active."""
-    r = ops.D * s - _field(ops, s, ops.M)
+    r = ops.D * s - _field(ops, s)
     dio = ops.dio
     if dio.inc.d.numel():
         v = dio.voltages(s)
@@ -319,7 +384,7 @@ def _limit_step(step: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, rise: to
 def _bcd_sweep(cc: Compiled, ops: _Ops, s: torch.Tensor, inner: int) -> torch.Tensor:
     dio = ops.dio
     for c, colour in enumerate(cc.colours):
-        f = _field(ops, s, ops.M_rows[c], colour)
+        f = _field(ops, s, c, colour)
         Dc = ops.D[:, colour]
         x = f / Dc
         shock, clamps = dio.by_colour[c]
@@ -469,7 +534,7 @@ def _transient_step(cc, ops, s, u, dt, cap, temperature, generator):
     q = -dt * r
     if temperature > 0:  # charge noise per step: each conductance g adds current noise of PSD 2kTg... ×2 sides
         kT = BOLTZMANN * temperature
-        ra, rb, ga, gb, g = ops.ff
+        ra, rb, ga, gb, g = ops.ff()
         noise = torch.randn(s.shape, generator=generator, dtype=s.dtype, device=s.device) * torch.sqrt(2 * kT * ops.D_fixed * dt)
         if g.numel():
             xi = torch.randn((s.shape[0], g.numel()), generator=generator, dtype=s.dtype, device=s.device)

@@ -18,7 +18,7 @@ ACTIVATIONS = {
     "tanh": (torch.tanh, lambda s: 1 - torch.tanh(s) ** 2),
     # seed 003 App. E: σ(x) = 1 / (1 + exp(−4(x − ½)))
     "sigmoid": (lambda s: torch.sigmoid(4 * (s - 0.5)), lambda s: 4 * torch.sigmoid(4 * (s - 0.5)) * (1 - torch.sigmoid(4 * (s - 0.5)))),
-    "hardsigmoid": (lambda s: s.clamp(0, 1), lambda s: ((s > 0) & (s < 1)).to(s.dtype)),
+    "hardsigmoid": (lambda s: s.clamp(0, 1), lambda s: ((s >= 0) & (s <= 1)).to(s.dtype)),
 }
 
 
@@ -77,8 +77,9 @@ class DiscreteModel:
 
     def phi_grads(self, x, s) -> dict[str, torch.Tensor]:
         """∂Φ/∂θ at the fixed state s, summed over the batch."""
-        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in self.params.items()}
-        grads = torch.autograd.grad(self.phi(x, [t.detach() for t in s], leaves).sum(), list(leaves.values()))
+        with torch.enable_grad():
+            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in self.params.items()}
+            grads = torch.autograd.grad(self.phi(x, [t.detach() for t in s], leaves).sum(), list(leaves.values()))
         return dict(zip(leaves, grads))
 
 

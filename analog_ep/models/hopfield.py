@@ -14,15 +14,18 @@ import math
 import torch
 
 RHO = {
-    "hard": (lambda s: s.clamp(0, 1), lambda s: ((s > 0) & (s < 1)).to(s.dtype)),
+    # ρ' = 1 on the closed interval: a unit at a bound can leave it when driven inward
+    "hardsigmoid": (lambda s: s.clamp(0, 1), lambda s: ((s >= 0) & (s <= 1)).to(s.dtype)),
     # smooth ρ for the RBP check (the equivalence is about a twice-differentiable energy)
-    "sigmoid": (torch.sigmoid, lambda s: torch.sigmoid(s) * (1 - torch.sigmoid(s))),
+    "logistic": (torch.sigmoid, lambda s: torch.sigmoid(s) * (1 - torch.sigmoid(s))),
 }
 
 
 class HopfieldNet:
-    def __init__(self, sizes: list[int], rho: str = "hard", dtype=torch.float32, device="cpu", seed: int = 0):
+    def __init__(self, sizes: list[int], rho: str = "hardsigmoid", dtype=torch.float32, device="cpu", seed: int = 0):
         self.sizes, self.dtype, self.device = list(sizes), dtype, torch.device(device)
+        if rho not in RHO:
+            raise ValueError(f"hopfield activation must be one of {sorted(RHO)}, not {rho!r}")
         self.rho, self.drho = RHO[rho]
         g = torch.Generator().manual_seed(seed)
         self.params = {}
@@ -81,8 +84,9 @@ class HopfieldNet:
 
     def energy_grads(self, x, s, params=None) -> dict[str, torch.Tensor]:
         """∂E/∂θ at fixed states, summed over the batch (C does not depend on θ)."""
-        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in (params or self.params).items()}
-        grads = torch.autograd.grad(self.energy(x, [t.detach() for t in s], leaves).sum(), list(leaves.values()))
+        with torch.enable_grad():
+            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in (params or self.params).items()}
+            grads = torch.autograd.grad(self.energy(x, [t.detach() for t in s], leaves).sum(), list(leaves.values()))
         return dict(zip(leaves, grads))
 
     def ep_grads(self, x, s_free, s_nudged, beta: float) -> dict[str, torch.Tensor]:

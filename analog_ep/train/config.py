@@ -47,6 +47,25 @@ class TrainConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The ``[model]`` table: the analog circuit (default) or one of the seed papers' abstract EP
+    models, which train with the same loop, checkpoints and metrics."""
+    kind: str = "circuit"  # circuit | hopfield (seed 000) | eb | p (seed 003, discrete time)
+    layers: str = "784,500,10"  # input, hidden..., output
+    activation: str = "hardsigmoid"  # hopfield: hardsigmoid | logistic; eb/p: tanh | sigmoid | hardsigmoid
+    free_steps: int = 20  # free-phase iterations (T)
+    nudged_steps: int = 4  # nudged-phase iterations (K)
+    eval_steps: int = 0  # free-phase iterations when predicting (0: free_steps)
+    eps: float = 0.5  # step size (hopfield, eb)
+    persistent: bool = False  # persistent particles (hopfield)
+    temperature: float = 0.0  # Langevin relaxation (hopfield)
+    clip: bool = True  # eb: keep states in [0, 1] (the seed's training setting)
+    continual: bool = False  # C-EP: update the weights at every nudged step (eb, p)
+
+    KINDS = ("circuit", "hopfield", "eb", "p")
+
+
+@dataclass
 class DeviceConfig:
     """The ``[device]`` table: a preset, optional field overrides, and whether training updates
     go through the devices (in the loop) or the devices only matter when deployed."""
@@ -77,6 +96,7 @@ class Config:
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     expected: str = ""  # the result and time the config is expected to give (documentation)
 
     def to_dict(self) -> dict:
@@ -84,7 +104,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Config":
-        sections = {"data": DataConfig, "circuit": CircuitConfig, "train": TrainConfig}
+        sections = {"data": DataConfig, "circuit": CircuitConfig, "train": TrainConfig, "model": ModelConfig}
         unknown = set(raw) - set(sections) - {"name", "expected", "device"}
         if unknown:
             raise ValueError(f"unknown config section(s): {sorted(unknown)}")
@@ -123,7 +143,7 @@ class Config:
         those may change when a run is extended; anything else would make the resumed run a
         different experiment, so it is refused."""
         mine, theirs = self.to_dict(), other.to_dict()
-        diffs = [f"{sec}.{k}" for sec in ("data", "circuit", "train", "device") for k in mine[sec]
+        diffs = [f"{sec}.{k}" for sec in ("data", "circuit", "train", "device", "model") for k in mine[sec]
                  if mine[sec][k] != theirs[sec][k] and not (sec == "train" and k in self.SCHEDULE)]
         if diffs:
             raise ValueError(f"the config differs from the checkpoint's in {', '.join(diffs)}; "
@@ -147,6 +167,13 @@ class Config:
             raise ValueError("need 0 <= g_min < g_max, beta > 0, epochs >= 0, batch_size >= 1")
         from ..circuit import parse_layers
 
-        n_layers = len(parse_layers(self.circuit.layers)) - 1
+        m = self.model
+        if m.kind not in ModelConfig.KINDS:
+            raise ValueError(f"model.kind must be one of {', '.join(ModelConfig.KINDS)}, not {m.kind!r}")
+        if m.kind != "circuit" and self.device.in_the_loop:
+            raise ValueError("device models apply to circuits only (model.kind = 'circuit')")
+        if m.free_steps < 1 or m.nudged_steps < 1 or m.eps <= 0 or m.temperature < 0:
+            raise ValueError("model: need free_steps, nudged_steps >= 1, eps > 0, temperature >= 0")
+        n_layers = len(parse_layers(self.circuit.layers if m.kind == "circuit" else m.layers)) - 1
         if len(t.lr) not in (1, n_layers):
             raise ValueError(f"train.lr: give one learning rate or one per layer ({n_layers})")

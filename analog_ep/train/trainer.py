@@ -66,12 +66,10 @@ class Trainer:
         self.dtype = torch.float32 if cfg.train.dtype == "float32" else torch.float64
         self.out = Path(out) if out is not None else None
         self._data = data
-        self.circuit = build_circuit(cfg)
         torch.manual_seed(cfg.train.seed)
-        self.cc = compile_circuit(self.circuit, dtype=self.dtype, device=self.device)
-        self.keys = list(self.cc.trainable)
-        self.n_out = len(self.cc.outputs)
-        groups = [dict(params=[self.cc.params[k]], lr=self.lr_of(k), name=k) for k in self.keys]
+        self.devices: DeviceArray | None = None
+        self.build()
+        groups = [dict(params=[self.params[k]], lr=self.lr_of(k), name=k) for k in self.keys]
         t = cfg.train
         if t.optimizer == "adam":
             self.opt = torch.optim.Adam(groups)
@@ -81,9 +79,25 @@ class Trainer:
         self.epoch = 0
         self.history: list[Metrics] = []
         self.project()
-        self.devices: DeviceArray | None = None
         if cfg.device.in_the_loop:
             self.use_devices(cfg.device.model(), cfg.device.seed)
+
+    def build(self) -> None:
+        """The network: sets ``params`` (trainable tensors by key), ``keys``, ``n_in``, ``n_out``.
+        Here the circuit of ``[circuit]``; the seed papers' models override this."""
+        self.circuit = build_circuit(self.cfg)
+        self.cc = compile_circuit(self.circuit, dtype=self.dtype, device=self.device)
+        self.params = self.cc.params
+        self.keys = list(self.cc.trainable)
+        self.n_in = parse_layers(self.cfg.circuit.layers)[0]
+        self.n_out = len(self.cc.outputs)
+
+    def summary(self) -> str:
+        return self.circuit.summary()
+
+    def layer_of(self, key: str) -> int:
+        """Layer (1-based from the input side) of a trainable key, for per-layer learning rates."""
+        return layer_of(key)
 
     def use_devices(self, model: DeviceModel, seed: int) -> DeviceArray:
         """Program the present conductances into a fresh realisation of ``model``; from then on
@@ -98,7 +112,7 @@ class Trainer:
         """Learning rate of a parameter in a (0-based) epoch: a function of the epoch alone, so a
         resumed run follows the schedule exactly."""
         t = self.cfg.train
-        base = t.lr[0] if len(t.lr) == 1 else t.lr[layer_of(key) - 1]
+        base = t.lr[0] if len(t.lr) == 1 else t.lr[self.layer_of(key) - 1]
         return base * t.lr_decay ** max(0, epoch - t.lr_decay_from)
 
     @property
@@ -106,9 +120,9 @@ class Trainer:
         """The dataset, loaded on first use (exporting a checkpoint needs none)."""
         if self._data is None:
             self._data = load_dataset(self.cfg.data.dataset)
-        n_in = parse_layers(self.cfg.circuit.layers)[0]
-        if n_in != self._data.n_features:
-            raise ValueError(f"circuit has {n_in} inputs, dataset {self._data.name} has {self._data.n_features} features")
+        if self.n_in != self._data.n_features:
+            raise ValueError(f"the network has {self.n_in} inputs, dataset {self._data.name} has "
+                             f"{self._data.n_features} features")
         return self._data
 
     # ------------------------------------------------------------------ state
@@ -120,7 +134,7 @@ class Trainer:
 
     def state(self) -> dict:
         return dict(config=self.cfg.to_dict(), epoch=self.epoch,
-                    params={k: self.cc.params[k].detach().cpu().clone() for k in self.keys},
+                    params={k: self.params[k].detach().cpu().clone() for k in self.keys},
                     optimizer=self.opt.state_dict(), rng=self.gen.get_state(),
                     history=[m.__dict__ for m in self.history],
                     **({} if self.devices is None else dict(device_rng=self.devices.gen.get_state())))
@@ -128,7 +142,7 @@ class Trainer:
     def load_state(self, state: dict) -> None:
         with torch.no_grad():
             for k in self.keys:
-                self.cc.params[k].copy_(state["params"][k].to(self.device, self.dtype))
+                self.params[k].copy_(state["params"][k].to(self.device, self.dtype))
         if "optimizer" in state:  # a packed (pretrained) checkpoint has weights only
             self.opt.load_state_dict(state["optimizer"])
             self.gen.set_state(state["rng"])
@@ -179,39 +193,44 @@ class Trainer:
         x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
         return self.cc.inputs_to_sources(x.to(self.device, self.dtype) * self.cfg.circuit.input_voltage)
 
-    def step(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, int]:
-        """One EP update on a (global) minibatch; returns (mean loss, error rate, free-phase
-        sweeps). In a distributed run this rank settles its shard and the gradients are summed."""
-        B = len(labels)
-        sign = torch.randint(0, 2, (B,), generator=self.gen) * 2 - 1 if self.cfg.train.nudging == "random" else None
-        mine = self.dist.shard(B)
-        x, labels = x[mine], labels[mine]
+    def ep(self, x: torch.Tensor, labels: torch.Tensor, sign: torch.Tensor | None, idx: torch.Tensor | None):
+        """EP on this rank's samples: (gradients by key, summed loss, wrong count, free-phase
+        iterations). The circuit: free and nudged settles through the devices, if any."""
         u = self.sources(x)
         y = targets(self.cfg, labels, self.n_out, self.dtype).to(self.device)
         ep = ep_gradient(self.cc, u, y, self.cfg.train.beta, mode=self.cfg.train.nudging, keys=self.keys,
-                         sign=None if sign is None else sign[mine], view=self._view, measure=self._measure,
-                         **self._settle_kw())
-        grads = [ep.grads[k] for k in self.keys]
+                         sign=sign, view=self._view, measure=self._measure, **self._settle_kw())
         out = self.cc.voltages(self._measure(ep.free.s), ep.free.u)[:, self.cc.outputs]
         wrong = (out.argmax(1).cpu() != labels).sum().to(self.dtype)
-        loss = ep.loss.sum().detach().cpu()
+        return ep.grads, ep.loss.sum().detach().cpu(), wrong, ep.free.iterations
+
+    def step(self, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None = None) -> tuple[float, float, int]:
+        """One EP update on a (global) minibatch (``idx``: the examples' indices in the training
+        set); returns (mean loss, error rate, free-phase iterations). In a distributed run this
+        rank computes its shard and the gradients are summed."""
+        B = len(labels)
+        sign = torch.randint(0, 2, (B,), generator=self.gen) * 2 - 1 if self.cfg.train.nudging == "random" else None
+        mine = self.dist.shard(B)
+        grads, loss, wrong, iterations = self.ep(x[mine], labels[mine], None if sign is None else sign[mine],
+                                                 None if idx is None else idx[mine])
+        grads = [grads[k] for k in self.keys]
         if self.dist.active:  # shard means -> global batch mean
-            b = len(labels)
+            b = len(labels[mine])
             *grads, loss, wrong = self.dist.sum([g * (b / B) for g in grads] + [loss.to(self.device), wrong.to(self.device)])
         for k, g in zip(self.keys, grads):
             if not bool(torch.isfinite(g).all()):
                 raise TrainingError(f"non-finite EP gradient for {k}")
-            self.cc.params[k].grad = g
+            self.params[k].grad = g
         if self.devices is None:
             self.opt.step()
             self.project()
         else:  # the optimiser proposes, the devices dispose
-            before = [self.cc.params[k].detach().clone() for k in self.keys]
+            before = [self.params[k].detach().clone() for k in self.keys]
             self.opt.step()
             with torch.no_grad():
                 for k, g0 in zip(self.keys, before):
-                    self.cc.params[k].copy_(self.devices.update(k, g0, self.cc.params[k]))
-        return float(loss) / B, float(wrong) / B, ep.free.iterations
+                    self.params[k].copy_(self.devices.update(k, g0, self.params[k]))
+        return float(loss) / B, float(wrong) / B, iterations
 
     def predict(self, x: np.ndarray | torch.Tensor, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Output voltages (n, n_out) and predicted classes of the free phase."""
@@ -265,7 +284,7 @@ class Trainer:
                        disable=not (progress and self.dist.is_main))
             for i in bar:
                 idx = perm[i:i + bs]
-                loss, err, it = self.step(x_all[idx], y_all[idx])
+                loss, err, it = self.step(x_all[idx], y_all[idx], idx)
                 if not math.isfinite(loss) or loss > 1e6:
                     raise TrainingError(f"loss diverged ({loss}) in epoch {self.epoch + 1}; "
                                         f"the last good checkpoint is kept in {self.out}")
@@ -292,6 +311,15 @@ class Trainer:
             w.writerows(rows)
 
 
+def make_trainer(cfg: Config, **kw) -> Trainer:
+    """The trainer for ``cfg``: the circuit, or one of the seed papers' models ([model] kind)."""
+    if cfg.model.kind == "circuit":
+        return Trainer(cfg, **kw)
+    from ..models.train import SeedTrainer
+
+    return SeedTrainer(cfg, **kw)
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu", data: Dataset | None = None,
                     dist: Dist | None = None) -> Trainer:
     """A Trainer restored from a checkpoint (loaded with ``weights_only=True``: tensors and
@@ -303,6 +331,6 @@ def load_checkpoint(path: str | Path, device: str = "cpu", data: Dataset | None 
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = Config.from_dict(state["config"])
-    trainer = Trainer(cfg, device=device, out=path.parent, data=data, dist=dist)
+    trainer = make_trainer(cfg, device=device, out=path.parent, data=data, dist=dist)
     trainer.load_state(state)
     return trainer

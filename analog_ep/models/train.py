@@ -1,0 +1,117 @@
+"""Training the seed papers' models with the circuit trainer's loop, optimiser, checkpoints,
+metrics and data-parallel ranks: only the network (``build``), its EP phases (``ep``) and its
+prediction differ.
+
+* ``hopfield`` (seed 000): free phase of ``free_steps`` clipped ε-steps (from the example's
+  persistent particle when ``persistent``), nudged phase of ``nudged_steps`` from the free state,
+  Δθ ∝ −(1/β)(∂F/∂θ(s^β) − ∂F/∂θ(s⁰)); optional Langevin relaxation (``temperature``).
+* ``eb`` / ``p`` (seed 003): T = ``free_steps`` free steps from zero, K = ``nudged_steps``
+  nudged steps, Δθ = (1/β')(∂Φ/∂θ(s^β_K) − ∂Φ/∂θ(s_T)); with ``continual`` (C-EP, seed 002)
+  the weights move at every nudged step by the optimiser with that step's increment.
+
+Persistent particles live in memory only: a resumed run restarts them from zero.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..circuit import parse_layers
+from ..train.trainer import Trainer, targets
+from .discrete import EnergyBased, Prototypical, layered_pairs
+from .hopfield import HopfieldNet, ParticleCache
+
+
+class SeedTrainer(Trainer):
+    def build(self) -> None:
+        m = self.cfg.model
+        sizes = parse_layers(m.layers)
+        self.n_in, self.n_out = sizes[0], sizes[-1]
+        seed = self.cfg.train.seed
+        if m.kind == "hopfield":
+            self.net = HopfieldNet(sizes, rho=m.activation, dtype=self.dtype, device=self.device, seed=seed)
+        else:  # seed 003 order: output first, the input last
+            dims = sizes[1:][::-1]
+            kind = EnergyBased if m.kind == "eb" else Prototypical
+            kw = dict(eps=m.eps, clip=m.clip) if kind is EnergyBased else {}
+            self.net = kind(dims, self.n_in, layered_pairs(len(dims)), act=m.activation, dtype=self.dtype,
+                            device=self.device, seed=seed, **kw)
+        self.params = self.net.params
+        self.keys = list(self.params)
+        self.particles = None
+
+    @property
+    def cc(self):
+        raise ValueError(f"a {self.cfg.model.kind!r} model is not a circuit: it has no netlist, SPICE check "
+                         "or device model")
+
+    def summary(self) -> str:
+        m = self.cfg.model
+        return f"{m.kind} model {m.layers} ({m.activation}, T={m.free_steps}, K={m.nudged_steps})"
+
+    def layer_of(self, key: str) -> int:
+        """Layer from the input side: hopfield W1/b1 = first; seed-003 W{i}_{i+1} counts from the
+        output, so the input-side weight comes first here too."""
+        if self.cfg.model.kind == "hopfield":
+            return int(key[1:])
+        return len(self.net.dims) - int(key[1:].split("_")[0])
+
+    def project(self) -> None:
+        """Weights are unconstrained in the seed models."""
+
+    def _x(self, x) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+        return x.to(self.device, self.dtype)
+
+    def _free(self, x, idx=None, training: bool = True):
+        """Free phase. Training: from the examples' particles if persistent, with Langevin noise
+        if a temperature is set; prediction: from zero, noiseless, ``eval_steps`` steps."""
+        m, net = self.cfg.model, self.net
+        steps = m.free_steps if training or not m.eval_steps else m.eval_steps
+        if m.kind != "hopfield":
+            with torch.no_grad():
+                return net.relax(x, net.zeros(len(x)), steps)
+        persistent = training and m.persistent and idx is not None
+        if persistent and self.particles is None:
+            self.particles = ParticleCache(net, len(self.data.x_train))
+        start = self.particles.get(idx) if persistent else net.zeros(len(x))
+        s = net.relax(x, start, steps, m.eps, temperature=m.temperature if training else 0.0, generator=self.gen)
+        if persistent:
+            self.particles.put(idx, s)
+        return s
+
+    def _output(self, s) -> torch.Tensor:
+        return s[-1] if self.cfg.model.kind == "hopfield" else s[0]
+
+    def ep(self, x, labels, sign, idx):
+        m, net, beta = self.cfg.model, self.net, self.cfg.train.beta
+        x = self._x(x)
+        y = targets(self.cfg, labels, self.n_out, self.dtype).to(self.device)
+        s0 = self._free(x, idx)
+        out = self._output(s0)
+        loss = (0.5 * ((out - y) ** 2).sum()).detach().cpu()
+        wrong = (out.argmax(1).cpu() != labels).sum().to(self.dtype)
+        B = len(x)
+        if m.kind == "hopfield":
+            s1 = net.relax(x, s0, m.nudged_steps, m.eps, beta=beta, y=y, temperature=m.temperature, generator=self.gen)
+            return net.ep_grads(x, s0, s1, beta), loss, wrong, m.free_steps
+        scale = beta * net.nudge_scale * B
+        with torch.no_grad():
+            s, start = s0, net.phi_grads(x, s0)
+            for t in range(m.nudged_steps):
+                s = net.step(x, s, beta, y)
+                if m.continual and t < m.nudged_steps - 1:  # C-EP: this step's increment, applied now
+                    now = net.phi_grads(x, s)
+                    for k in self.keys:
+                        self.params[k].grad = -(now[k] - start[k]) / scale
+                    self.opt.step()
+                    start = now
+            end = net.phi_grads(x, s)
+        return {k: -(end[k] - start[k]) / scale for k in self.keys}, loss, wrong, m.free_steps
+
+    def predict(self, x, batch: int | None = None):
+        batch = batch or self.cfg.train.eval_batch
+        outs = [self._output(self._free(self._x(x[i:i + batch]), training=False)).detach().cpu()
+                for i in range(0, len(x), batch)]
+        V = torch.cat(outs)
+        return V, V.argmax(1)
