@@ -115,6 +115,26 @@ def test_diode_and_amplifier_spread():
     assert not torch.equal(hw[f"N:{name}"], cc.params[f"N:{name}"])
 
 
+def test_amplifier_offsets_shift_outputs_and_the_settle_minimises_the_shifted_energy():
+    """V_out = A·V_in + V_off: the offsets' spread, and the solver's state is the minimum of the
+    energy with the offsets (autograd of the energy: KCL residual ≤ 1e-12 A)."""
+    from analog_ep.emulator.energy import energy
+
+    arr = big_array(amp_offset=0.02)
+    offs = torch.cat([v for k, v in arr.hardware.params.items() if k.startswith("off:")])
+    assert len(offs) >= 64 and rel(float(offs.std()), 0.02) < 0.25
+    hw = arr.hardware
+    u = hw.inputs_to_sources(torch.as_tensor(np.random.default_rng(1).random((3, 784))))
+    res = settle(hw, u, rtol=1e-13)
+    s = res.s.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(energy(hw, s, u).sum(), s)
+    assert float(grad.abs().max()) < 1e-12
+    amp = hw.amp_chain[0]
+    out, inp, key, idx = amp
+    V = res.V
+    torch.testing.assert_close(V[:, out], hw.params[key][idx] * V[:, inp] + hw.params["off:" + key[2:]][idx])
+
+
 def test_adc_and_johnson_noise_of_measured_voltages():
     adc = big_array(adc_bits=6, adc_range=1.0)
     s = torch.linspace(-1.5, 1.5, 10001, dtype=torch.float64)
@@ -138,7 +158,7 @@ def test_finite_settling_stops_after_the_given_sweeps():
 # every field, a non-ideal level: (value, whether it matters for a step from g_init on digits)
 LEVELS = dict(on_off=20.0, levels=32, stochastic_rounding=True, write_noise=0.01, write_noise_state=0.02, update_noise=0.3, asymmetry=0.3,
               soft_bounds=True, d2d=0.2, read_noise=0.02, drift_nu=0.05, stuck_min=0.05, stuck_max=0.05, open=0.05,
-              diode_is_spread=0.3, diode_n_spread=0.05, amp_gain_error=0.05, johnson_capacitance=1e-16,
+              diode_is_spread=0.3, diode_n_spread=0.05, amp_gain_error=0.05, amp_offset=0.01, johnson_capacitance=1e-16,
               adc_bits=6, settle_sweeps=1)
 PAIRED = dict(drift_nu=dict(drift_time=3600.0), stochastic_rounding=dict(levels=32))  # fields that act only together with another
 

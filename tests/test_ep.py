@@ -92,11 +92,11 @@ def test_direct_conductance_gradients_equal_autograd_of_the_energy(gain):
     free = settle(cc, u)
     nudged = settle(cc, u, beta=unit * 0.1, target=y, s0=free.s)
     w = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=torch.float64)
-    terms = [(w, nudged.s), (-w, free.s), (3.0, free.s * 1.01)]
+    terms = [(w, nudged.s, cc), (-w, free.s, cc), (3.0, free.s * 1.01, cc)]
     keys = [b.name for b in cc.blocks]
     direct = _conductance_grads(cc, keys, terms, u)
     leaves = {k: cc.params[k].detach().clone().requires_grad_(True) for k in keys}
-    total = sum((torch.as_tensor(wk) * energy(cc, s, u, params=leaves)).sum() for wk, s in terms)
+    total = sum((torch.as_tensor(wk) * energy(cc, s, u, params=leaves)).sum() for wk, s, _ in terms)
     auto = dict(zip(keys, torch.autograd.grad(total, list(leaves.values()))))
     kinds = {(b.dense, bool((cc.root[b.a] >= cc.n_free).all()), bool((cc.root[b.b] >= cc.n_free).all()))
              for b in cc.blocks}

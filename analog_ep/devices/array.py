@@ -38,9 +38,11 @@ class DeviceArray:
                 static[f"IS:{d.name}"] = cc.params[f"IS:{d.name}"] * torch.exp(m.diode_is_spread * self.randn(shape(f"IS:{d.name}")))
             if m.diode_n_spread:
                 static[f"N:{d.name}"] = cc.params[f"N:{d.name}"] * (1 + m.diode_n_spread * self.randn(shape(f"N:{d.name}")))
-        if m.amp_gain_error:
-            for key in {key for _, _, key, _ in cc.amp_chain}:
+        for key in sorted({key for _, _, key, _ in cc.amp_chain}):
+            if m.amp_gain_error:
                 static[key] = cc.params[key] * (1 + m.amp_gain_error * self.randn(shape(key)))
+            if m.amp_offset:
+                static["off:" + key[2:]] = m.amp_offset * self.randn(shape(key))
         # the circuit as built in hardware: trainable conductances shared with cc (the device
         # state), fixed components replaced by this realisation's
         self.hardware = dataclasses.replace(cc, params={**cc.params, **static}, cache={})

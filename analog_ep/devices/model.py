@@ -40,6 +40,7 @@ class DeviceModel:
     diode_is_spread: float = 0.0  # σ of ln IS per diode
     diode_n_spread: float = 0.0  # relative σ of the emission coefficient N per diode
     amp_gain_error: float = 0.0  # relative σ of each amplifier's gain
+    amp_offset: float = 0.0  # σ of each amplifier's output offset voltage, V (V_out = A·V_in + V_off)
     # measurement and settling
     johnson_capacitance: float = 0.0  # node capacitance, F: measured voltages get σ = sqrt(kT/C) (0: off)
     temperature: float = 300.15  # K, for the Johnson noise

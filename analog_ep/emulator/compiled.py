@@ -102,12 +102,26 @@ class Compiled:
             gain = gain.index_put((out,), params[key][idx] * gain[inp])
         return gain
 
-    def voltages(self, s: torch.Tensor, u: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+    def node_offset(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
+        """offset[n] of every node: amplifier output offsets ("off:<group>" parameters, a device
+        non-ideality: V_out = A·V_in + V_off) carried along amplifier chains; None without any."""
+        params = self.params if params is None else params
+        if not any(k.startswith("off:") for k in params):
+            return None
+        off = torch.zeros(len(self.circuit.nodes), dtype=self.dtype, device=self.device)
+        for out, inp, key, idx in self.amp_chain:
+            extra = params.get("off:" + key[2:])
+            off = off.index_put((out,), params[key][idx] * off[inp] + (0.0 if extra is None else extra[idx]))
+        return off
+
+    def voltages(self, s: torch.Tensor, u: torch.Tensor, gain: torch.Tensor | None = None,
+                 params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """All node voltages (B, n_nodes) from free voltages s (B, n_free) and sources u (B, n_src)."""
-        gain = self.node_gain() if gain is None else gain
+        gain = self.node_gain(params) if gain is None else gain
         zero = torch.zeros(s.shape[0], 1, dtype=s.dtype, device=s.device)
         ext = torch.cat([s, u.expand(s.shape[0], -1), zero], dim=1)
-        return ext[:, self.root] * gain
+        offset = self.node_offset(params)
+        return ext[:, self.root] * gain + (0.0 if offset is None else offset)
 
     def to_circuit(self) -> Circuit:
         """The circuit with the present conductance values (e.g. after training)."""

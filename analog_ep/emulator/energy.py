@@ -29,7 +29,7 @@ def energy(cc: Compiled, s: torch.Tensor, u: torch.Tensor, *, beta=0.0, target: 
     u (B, n_src); ``params`` overrides cc.params (e.g. tensors that require grad)."""
     p = cc.params if params is None else {**cc.params, **params}
     gain = cc.node_gain(p)
-    V = cc.voltages(s, u, gain)
+    V = cc.voltages(s, u, gain, params=p)
     E = V.new_zeros(V.shape[0])
     for blk in cc.blocks:
         g = p[blk.name]

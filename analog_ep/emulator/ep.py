@@ -49,12 +49,14 @@ def _conductance_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) 
     """Σ_k w_k ∂E/∂g(s_k) = Σ_k w_k ½ΔV² for every conductance block in ``keys``, summed over
     samples — direct, since the energy is linear in each conductance (what autograd would give,
     without the energy's forward matmuls). A dense block with a fixed side (sources to a layer)
-    needs one matmul for all states together, as its fixed side is the same in every state."""
+    needs one matmul for all states together, as its fixed side is the same in every state.
+    ``weights_and_states``: (w_k, s_k, circuit the state settled on) — the voltage drops are the
+    ones across the devices of that circuit (hardware gains and offsets included)."""
     blocks = [b for b in cc.blocks if b.name in keys]
     if not blocks:
         return {}
-    states = [(torch.as_tensor(w, dtype=cc.dtype, device=cc.device).reshape(-1, 1), cc.voltages(s.detach(), u))
-              for w, s in weights_and_states]
+    states = [(torch.as_tensor(w, dtype=cc.dtype, device=cc.device).reshape(-1, 1), circ.voltages(s.detach(), u))
+              for w, s, circ in weights_and_states]
     total = lambda f: sum(f(w, V) for w, V in states)
     grads = {}
     with torch.no_grad():
@@ -78,14 +80,14 @@ def _conductance_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) 
 
 def _param_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) -> dict[str, torch.Tensor]:
     """Σ_k w_k · ∂E/∂θ(s_k) summed over samples: conductances directly, any other parameter
-    (amplifier gains, diode IS/N, sources) by autograd of the energy at fixed states."""
+    (amplifier gains, diode IS/N, sources) by autograd of the nominal energy at fixed states."""
     grads = _conductance_grads(cc, keys, weights_and_states, u)
     rest = [k for k in keys if k not in grads]
     if not rest:
         return grads
     leaves, uu = _leaves(cc, rest, u)
     total = 0.0
-    for w, s in weights_and_states:
+    for w, s, _ in weights_and_states:
         total = total + (w * energy(cc, s.detach(), uu, params=leaves)).sum()
     return {**grads, **_grad_dict(total, leaves, uu, rest)}
 
@@ -123,10 +125,11 @@ def ep_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, beta: float
     betas = [b.to(cc.device) for b in betas]
     nudged = [settle(view(), u, beta=b, target=target, s0=free.s, **settle_kw) for b in betas]
     if mode == "centered":
-        terms = [(1.0 / (2 * beta * B), measure(nudged[0].s)), (-1.0 / (2 * beta * B), measure(nudged[1].s))]
+        terms = [(1.0 / (2 * beta * B), measure(nudged[0].s), nudged[0].cc),
+                 (-1.0 / (2 * beta * B), measure(nudged[1].s), nudged[1].cc)]
     else:
         w = 1.0 / (betas[0] * B)
-        terms = [(w, measure(nudged[0].s)), (-w, measure(free.s))]
+        terms = [(w, measure(nudged[0].s), nudged[0].cc), (-w, measure(free.s), free.cc)]
     grads = _param_grads(cc, keys, terms, u)
     return EPResult(grads, free, nudged, cost(cc, free.V, target))
 

@@ -129,6 +129,8 @@ class _Static:
     dio: _Diodes  # with an empty v_fixed
     dio_fixed: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (diode, ext index, κ) of fixed terminals
     gain: torch.Tensor
+    offset: torch.Tensor | None  # node offsets from amplifier offset voltages (device models)
+    dio_offset: torch.Tensor | None  # their part of each diode's voltage
 
 
 def _static(cc: Compiled) -> _Static:
@@ -184,6 +186,9 @@ def _static(cc: Compiled) -> _Static:
         r = root[node]
         m = r < nf
         f_const.index_add_(0, r[m], (gain[node] * p[key_i])[m])
+    offset = cc.node_offset()
+    if offset is not None:
+        _add_offset_currents(cc, f_const, gain, offset)
     cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
     rows, cols, vals = cat(R, torch.long), cat(C, torch.long), cat(W)
     positions, M_rows = [], []
@@ -204,7 +209,10 @@ def _static(cc: Compiled) -> _Static:
         return tuple(cat([q[i] for q in parts], torch.long if i < 2 else dt) for i in range(5))
 
     dio, dio_fixed = _diodes(cc, gain, positions)
-    static = _Static(D, D_fix, K, f_const, M, ff, dio, dio_fixed, gain)
+    dio_offset = None
+    if offset is not None and cc.diodes:
+        dio_offset = torch.cat([offset[d.anode] - offset[d.cathode] for d in cc.diodes])
+    static = _Static(D, D_fix, K, f_const, M, ff, dio, dio_fixed, gain, offset, dio_offset)
     cc.cache["static"] = (key, static)
     return static
 
@@ -258,6 +266,23 @@ class _Coupling:
         return M
 
 
+def _add_offset_currents(cc: Compiled, f: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor) -> None:
+    """Amplifier offsets shift node voltages by constants: through each conductance g they push
+    a constant current −γ_a g (o_a − o_b) into the free root of a (and the opposite into b's)."""
+    nf = cc.n_free
+    for blk in cc.blocks:
+        g = cc.params[blk.name]
+        ra, rb, ga, gb = cc.root[blk.a], cc.root[blk.b], gain[blk.a], gain[blk.b]
+        if blk.dense:
+            gd = g * (offset[blk.a][:, None] - offset[blk.b][None, :])
+            into_a, into_b = gd.sum(1), gd.sum(0)
+        else:
+            into_a = into_b = g * (offset[blk.a] - offset[blk.b])
+        fa, fb = ra < nf, rb < nf
+        f.index_add_(0, ra[fa], (-ga * into_a)[fa])
+        f.index_add_(0, rb[fb], (gb * into_b)[fb])
+
+
 def _add_dense_to_fixed(D, D_fix, K, nf, ra, rb, ga, gb, g) -> None:
     """A dense block between free rows and fixed columns (or the reverse), e.g. input sources
     to a hidden layer: row/column sums and two index_adds, never an m×n index expansion."""
@@ -292,9 +317,12 @@ def _assemble(cc: Compiled, u: torch.Tensor, beta, target) -> _Ops:
             raise ValueError("an output node is fixed: it cannot be nudged")
         D = D.index_add(1, r, (beta * go * go).expand(B, -1))
         D_fix = D_fix.expand(B, -1).index_add(1, r, (beta * go * go).expand(B, -1))
-        f = f.index_add(1, r, beta * go * target)
+        shift = 0.0 if st.offset is None else st.offset[cc.outputs]
+        f = f.index_add(1, r, beta * go * (target - shift))
     d, idx, k = st.dio_fixed
     v_fixed = torch.zeros(B, st.dio.IS.numel(), dtype=dt, device=dev).index_add(1, d, k * ext_u[:, idx])
+    if st.dio_offset is not None:
+        v_fixed = v_fixed + st.dio_offset
     return _Ops(D, f, st.M, st.ff, D_fix, dataclasses.replace(st.dio, v_fixed=v_fixed))
 
 
