@@ -7,28 +7,10 @@ import torch
 
 from analog_ep.data import load_dataset
 from analog_ep.train import Config, Trainer, load_checkpoint
+from tests.conftest import tiny_toml
 
-TOML = """
-name = "ddp"
-[data]
-dataset = "digits"
-batch_size = 50
-train_subset = 250
-[circuit]
-layers = "64,24,10"
-amplifier_gain = 4.0
-clamp = [0.6, 0.4]
-g_init = [1e-6, 1e-5]
-[train]
-epochs = 2
-lr = [2e-6]
-beta = 2e-5
-target = [0.0, 0.2]
-nudging = "random"
-dtype = "float64"
-rtol = 1e-11
-max_iters = 5000
-"""
+TOML = tiny_toml(batch_size=50, layers="64,24,10", extra_data="train_subset = 250",
+                 extra_train='nudging = "random"\ndtype = "float64"\nrtol = 1e-11\nmax_iters = 5000')
 
 
 def test_distributed_two_gloo_ranks_equal_one_process(tmp_path):

@@ -16,6 +16,7 @@ from analog_ep.spice import read_deck
 from analog_ep.data import load_dataset, restricted_pickle_load
 from analog_ep.data.datasets import DataError, read_idx
 from analog_ep.train import Config, Trainer, TrainingError, load_checkpoint
+from tests.conftest import tiny_toml
 
 runner = CliRunner()
 DIGITS = load_dataset("digits")
@@ -131,22 +132,7 @@ def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path):
 @pytest.mark.spice
 def test_cli_train_evaluate_and_spice_verification(tmp_path, monkeypatch):
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text("""
-name = "tiny"
-[data]
-dataset = "digits"
-batch_size = 32
-[circuit]
-layers = "64,32,10"
-amplifier_gain = 4.0
-clamp = [0.6, 0.4]
-g_init = [1e-6, 1e-5]
-[train]
-epochs = 2
-lr = [2e-6]
-beta = 2e-5
-target = [0.0, 0.2]
-""")
+    cfg.write_text(tiny_toml())
     out = tmp_path / "run"
     res = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
