@@ -9,8 +9,8 @@ Shockley clamp diodes, 16 V pixels): xs 2x784-100-10, 1h 2x784-1024-10, 2h 2x784
 xl 2x784-30000-10. Inputs are MNIST training images when the dataset is cached, else uniform
 random pixels (the JSON says which). Each step is a real Trainer.step, so conductances change
 and the parameter-only operators are rebuilt every step, as in training. Timing: median of
---repeats steps after two warm-up steps. FLOPs: torch.profiler's count for the matrix products
-of one step (the dominant work); "peak" is the rate of one large matmul measured in the same run
+--repeats steps after two warm-up steps. FLOPs: 2·m·k·n of the dense matrix products of one step
+(the dominant work; sparse products left out); "peak" is the rate of one large matmul measured in the same run
 on the same device and dtype (the achievable dense rate), so the ratio is the fraction of it
 the step reaches. TF32 (CUDA only) is float32 storage with TF32 matmuls.
 """
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from analog_ep.train import Config, Trainer
 
@@ -64,13 +65,28 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int = 4096) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
-def step_flops(tr: Trainer, x, y) -> float:
-    from torch.profiler import ProfilerActivity, profile
+class DenseMatmulFlops(TorchDispatchMode):
+    """2·m·k·n of every dense matrix product (mm/addmm/bmm/baddbmm) dispatched while active.
+    Sparse operands are left out: profilers count a CSR product as if it were dense."""
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if tr.device.type == "cuda" else [])
-    with profile(activities=acts, with_flops=True) as prof:
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in ("mm", "addmm", "bmm", "baddbmm"):
+            a, b = args[-2:] if name in ("mm", "bmm") else args[1:3]
+            if all(isinstance(t, torch.Tensor) and t.layout == torch.strided for t in (a, b)):
+                self.flops += 2 * a.numel() * b.shape[-1]
+        return out
+
+
+def step_flops(tr: Trainer, x, y) -> float:
+    with DenseMatmulFlops() as counter:
         tr.step(x, y)
-    return float(sum(e.flops for e in prof.key_averages() if e.flops))
+    return float(counter.flops)
 
 
 def bench(name: str, device: str, dtype: str, batch: int, repeats: int, data) -> dict:
