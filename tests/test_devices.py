@@ -135,6 +135,22 @@ def test_amplifier_offsets_shift_outputs_and_the_settle_minimises_the_shifted_en
     torch.testing.assert_close(V[:, out], hw.params[key][idx] * V[:, inp] + hw.params["off:" + key[2:]][idx])
 
 
+def test_diode_series_resistance_spread():
+    """σ of ln RS per diode, for circuits built with RS > 0 (here 2 kΩ on 2 x 30 clamps); the
+    realisation still settles to a KCL-consistent state (Newton, small circuit)."""
+    from analog_ep.circuit import DiodeModel
+
+    cc = compile_circuit(layered("20,30,4", seed=0, amplifier_gain=4.0, diode=DiodeModel(1e-14, 1.0, 2e3)),
+                         dtype=torch.float64)
+    keys = [k for k in cc.params if k.endswith("_rs")]
+    arr = DeviceArray(DeviceModel.build(diode_rs_spread=0.2), cc, list(cc.trainable), G_MAX, seed=1)
+    ratios = torch.cat([torch.log(cc.params[k] / arr.hardware.params[k]) for k in keys])
+    assert len(ratios) >= 60 and rel(float(ratios.std()), 0.2) < 0.25
+    assert DeviceArray(DeviceModel(), cc, list(cc.trainable), G_MAX).hardware.params[keys[0]] is cc.params[keys[0]]
+    res = settle(arr.view(), x=torch.rand(2, 20, dtype=torch.float64), method="newton", rtol=1e-9)
+    assert res.converged
+
+
 def test_adc_and_johnson_noise_of_measured_voltages():
     adc = big_array(adc_bits=6, adc_range=1.0)
     s = torch.linspace(-1.5, 1.5, 10001, dtype=torch.float64)
@@ -179,7 +195,7 @@ def step_and_read(tr: Trainer):
 
 
 def test_every_field_covered_and_presets_valid():
-    assert set(LEVELS) | {"temperature", "adc_range", "drift_nu_std", "drift_t0", "drift_time"} == {
+    assert set(LEVELS) | {"temperature", "adc_range", "drift_nu_std", "drift_t0", "drift_time", "diode_rs_spread"} == {
         f.name for f in dataclasses.fields(DeviceModel)}
     assert IDEAL.ideal and all(not p.ideal for name, p in PRESETS.items() if name != "ideal")
 

@@ -38,6 +38,9 @@ class DeviceArray:
                 static[f"IS:{d.name}"] = cc.params[f"IS:{d.name}"] * torch.exp(m.diode_is_spread * self.randn(shape(f"IS:{d.name}")))
             if m.diode_n_spread:
                 static[f"N:{d.name}"] = cc.params[f"N:{d.name}"] * (1 + m.diode_n_spread * self.randn(shape(f"N:{d.name}")))
+            rs = f"g:{d.name}_rs"  # the conductance 1/RS that compile_circuit gives a diode's series resistance
+            if m.diode_rs_spread and rs in cc.params:
+                static[rs] = cc.params[rs] * torch.exp(-m.diode_rs_spread * self.randn(shape(rs)))
         for key in sorted({key for _, _, key, _ in cc.amp_chain}):
             if m.amp_gain_error:
                 static[key] = cc.params[key] * (1 + m.amp_gain_error * self.randn(shape(key)))

@@ -39,6 +39,7 @@ class DeviceModel:
     # other components
     diode_is_spread: float = 0.0  # σ of ln IS per diode
     diode_n_spread: float = 0.0  # relative σ of the emission coefficient N per diode
+    diode_rs_spread: float = 0.0  # σ of ln RS per diode (diodes built with series resistance RS > 0)
     amp_gain_error: float = 0.0  # relative σ of each amplifier's gain
     amp_offset: float = 0.0  # σ of each amplifier's output offset voltage, V (V_out = A·V_in + V_off)
     # measurement and settling
