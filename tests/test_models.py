@@ -182,6 +182,10 @@ def test_seed_model_resumes_exactly_and_is_refused_where_a_circuit_is_needed(tmp
     assert all(torch.equal(resumed.params[k], full.params[k]) for k in full.keys)
     res = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path), "--spice", "2"])
     assert res.exit_code == 2 and "not a circuit" in res.stderr
+    from analog_ep.train.distributed import Dist
+
+    with pytest.raises(ValueError, match="one process only"):  # C-EP's per-step updates are not all-reduced
+        make_trainer(seed_config("p", continual=True), data=d, dist=Dist(rank=0, world=2))
 
 
 def test_hopfield_training_fills_and_reuses_particles():

@@ -25,6 +25,8 @@ from .hopfield import HopfieldNet, ParticleCache
 class SeedTrainer(Trainer):
     def build(self) -> None:
         m = self.cfg.model
+        if m.continual and self.dist.active:  # its per-step updates would need an all-reduce each
+            raise ValueError("C-EP (model.continual) runs in one process only, not under torchrun")
         sizes = parse_layers(m.layers)
         self.n_in, self.n_out = sizes[0], sizes[-1]
         seed = self.cfg.train.seed
