@@ -202,7 +202,7 @@ def _static(cc: Compiled) -> _Static:
 
     def ff():
         """Free-free elements one by one (dense layer blocks expanded only here)."""
-        parts = [(a, b, x, y, z) for a, b, x, y, z in zip(ffa, ffb, ffga, ffgb, ffg)]
+        parts = list(zip(ffa, ffb, ffga, ffgb, ffg))
         for ra, rb, ga, gb, g in dense_ff:
             parts.append((ra[:, None].expand_as(g).reshape(-1), rb[None, :].expand_as(g).reshape(-1),
                           ga[:, None].expand_as(g).reshape(-1), gb[None, :].expand_as(g).reshape(-1), g.reshape(-1)))
