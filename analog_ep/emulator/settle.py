@@ -147,13 +147,18 @@ def _static(cc: Compiled) -> _Static:
     R, C, W = [], [], []
     ffa, ffb, ffga, ffgb, ffg = [], [], [], [], []
     dense, dense_ff = [], []
+    positions = []  # per colour: each root's position within it (−1: another colour)
+    for colour in cc.colours:
+        pos = torch.full((nf,), -1, dtype=torch.long, device=dev)
+        pos[colour] = torch.arange(colour.numel(), device=dev)
+        positions.append(pos)
     for blk in cc.blocks:
         g = p[blk.name]
         ra, rb, ga, gb = root[blk.a], root[blk.b], gain[blk.a], gain[blk.b]
         if blk.dense and bool((ra < nf).all()) != bool((rb < nf).all()):
             _add_dense_to_fixed(D, D_fix, K, nf, ra, rb, ga, gb, g)
             continue
-        if blk.dense and _layer_block(cc, ra, rb):  # two free layers: kept dense
+        if blk.dense and _layer_block(positions, nf, ra, rb):  # two free layers: kept dense
             D.index_add_(0, ra, ga * ga * g.sum(1))
             D.index_add_(0, rb, gb * gb * g.sum(0))
             dense.append((ra, rb, g * ga[:, None] * gb[None, :]))
@@ -191,11 +196,8 @@ def _static(cc: Compiled) -> _Static:
         _add_offset_currents(cc, f_const, gain, offset)
     cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
     rows, cols, vals = cat(R, torch.long), cat(C, torch.long), cat(W)
-    positions, M_rows = [], []
-    for colour in cc.colours:
-        pos = torch.full((nf,), -1, dtype=torch.long, device=dev)
-        pos[colour] = torch.arange(colour.numel(), device=dev)
-        positions.append(pos)
+    M_rows = []
+    for colour, pos in zip(cc.colours, positions):
         keep = pos[rows] >= 0
         M_rows.append(_csr(pos[rows[keep]], cols[keep], vals[keep], (colour.numel(), nf)))
     M = _Coupling(_csr(rows, cols, vals, (nf, nf)), M_rows, dense, positions)
@@ -217,17 +219,14 @@ def _static(cc: Compiled) -> _Static:
     return static
 
 
-def _layer_block(cc: Compiled, ra: torch.Tensor, rb: torch.Tensor) -> bool:
+def _layer_block(positions: list[torch.Tensor], nf: int, ra: torch.Tensor, rb: torch.Tensor) -> bool:
     """Whether a dense block joins two free layers (rows all of one colour, columns all of
     another): then its couplings stay a dense matrix instead of m×n sparse entries."""
-    nf = cc.n_free
     if not (bool((ra < nf).all()) and bool((rb < nf).all())):
         return False
-    colour = torch.full((nf,), -1, dtype=torch.long, device=ra.device)
-    for c, nodes in enumerate(cc.colours):
-        colour[nodes] = c
-    ca, cb = colour[ra], colour[rb]
-    return bool((ca == ca[0]).all()) and bool((cb == cb[0]).all()) and int(ca[0]) != int(cb[0])
+    in_colour = lambda r: [bool((pos[r] >= 0).all()) for pos in positions]
+    a, b = in_colour(ra), in_colour(rb)
+    return any(a) and any(b) and a != b
 
 
 @dataclass

@@ -9,9 +9,9 @@ also couples the output to the input.
 """
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .common import glorot, grads_at
 
 ACTIVATIONS = {
     # name: (σ, σ')
@@ -36,14 +36,10 @@ class DiscreteModel:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, not {act!r}")
         self.dims, self.n_in, self.pairs = list(dims), n_in, list(pairs)
         self.sigma, self.dsigma = ACTIVATIONS[act]
-        self.act, self.dtype, self.device = act, dtype, torch.device(device)
+        self.dtype, self.device = dtype, torch.device(device)
         size = lambda i: n_in if i == len(dims) else dims[i]
         g = torch.Generator().manual_seed(seed)
-        self.params = {}
-        for i, j in self.pairs:  # Glorot-uniform, as the seeds
-            bound = init_scale * math.sqrt(6.0 / (size(i) + size(j)))
-            w = (torch.rand(size(i), size(j), generator=g, dtype=torch.float64) * 2 - 1) * bound
-            self.params[f"W{i}_{j}"] = w.to(self.device, dtype)
+        self.params = {f"W{i}_{j}": glorot(size(i), size(j), g, init_scale).to(self.device, dtype) for i, j in self.pairs}
 
     def zeros(self, batch: int) -> list[torch.Tensor]:
         return [torch.zeros(batch, d, dtype=self.dtype, device=self.device) for d in self.dims]
@@ -77,10 +73,8 @@ class DiscreteModel:
 
     def phi_grads(self, x, s) -> dict[str, torch.Tensor]:
         """∂Φ/∂θ at the fixed state s, summed over the batch."""
-        with torch.enable_grad():
-            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in self.params.items()}
-            grads = torch.autograd.grad(self.phi(x, [t.detach() for t in s], leaves).sum(), list(leaves.values()))
-        return dict(zip(leaves, grads))
+        s = [t.detach() for t in s]
+        return grads_at(lambda p: self.phi(x, s, p), self.params)
 
 
 class EnergyBased(DiscreteModel):

@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from .common import glorot, grads_at
+
 RHO = {
     # ρ' = 1 on the closed interval: a unit at a bound can leave it when driven inward
     "hardsigmoid": (lambda s: s.clamp(0, 1), lambda s: ((s >= 0) & (s <= 1)).to(s.dtype)),
@@ -30,14 +32,8 @@ class HopfieldNet:
         g = torch.Generator().manual_seed(seed)
         self.params = {}
         for k in range(1, len(sizes)):  # Glorot-uniform weights, zero biases
-            bound = math.sqrt(6.0 / (sizes[k] + sizes[k - 1]))
-            w = (torch.rand(sizes[k], sizes[k - 1], generator=g, dtype=torch.float64) * 2 - 1) * bound
-            self.params[f"W{k}"] = w.to(self.device, dtype)
+            self.params[f"W{k}"] = glorot(sizes[k], sizes[k - 1], g).to(self.device, dtype)
             self.params[f"b{k}"] = torch.zeros(sizes[k], dtype=dtype, device=self.device)
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.sizes) - 1
 
     def zeros(self, batch: int) -> list[torch.Tensor]:
         return [torch.zeros(batch, n, dtype=self.dtype, device=self.device) for n in self.sizes[1:]]
@@ -82,21 +78,15 @@ class HopfieldNet:
                 s = [t.clamp(0, 1) for t in s]
         return s
 
-    def energy_grads(self, x, s, params=None) -> dict[str, torch.Tensor]:
+    def energy_grads(self, x, s) -> dict[str, torch.Tensor]:
         """∂E/∂θ at fixed states, summed over the batch (C does not depend on θ)."""
-        with torch.enable_grad():
-            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in (params or self.params).items()}
-            grads = torch.autograd.grad(self.energy(x, [t.detach() for t in s], leaves).sum(), list(leaves.values()))
-        return dict(zip(leaves, grads))
+        s = [t.detach() for t in s]
+        return grads_at(lambda p: self.energy(x, s, p), self.params)
 
     def ep_grads(self, x, s_free, s_nudged, beta: float) -> dict[str, torch.Tensor]:
         """EP estimate of d(mean cost)/dθ from a free and a nudged state."""
         a, b = self.energy_grads(x, s_nudged), self.energy_grads(x, s_free)
         return {k: (a[k] - b[k]) / (beta * x.shape[0]) for k in a}
-
-    def predict(self, x, steps: int, eps: float, s=None) -> torch.Tensor:
-        s = self.relax(x, self.zeros(x.shape[0]) if s is None else s, steps, eps)
-        return s[-1].argmax(1)
 
 
 class ParticleCache:
@@ -104,7 +94,6 @@ class ParticleCache:
     reused to start that example's next free phase (zeros before its first visit)."""
 
     def __init__(self, net: HopfieldNet, n_examples: int):
-        self.net = net
         self.state = [torch.zeros(n_examples, n, dtype=net.dtype, device=net.device) for n in net.sizes[1:]]
         self.visited = torch.zeros(n_examples, dtype=torch.bool)
 

@@ -13,7 +13,6 @@ Persistent particles live in memory only: a resumed run restarts them from zero.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..circuit import parse_layers
@@ -60,10 +59,6 @@ class SeedTrainer(Trainer):
 
     def project(self) -> None:
         """Weights are unconstrained in the seed models."""
-
-    def _x(self, x) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
-        return x.to(self.device, self.dtype)
 
     def _free(self, x, idx=None, training: bool = True):
         """Free phase. Training: from the examples' particles if persistent, with Langevin noise

@@ -188,10 +188,17 @@ class Trainer:
     def _measure(self, s: torch.Tensor) -> torch.Tensor:
         return s if self.devices is None else self.devices.measure(s)
 
+    def _x(self, x) -> torch.Tensor:
+        """A batch of rows (numpy or torch) as a tensor on the trainer's device and dtype."""
+        return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).to(self.device, self.dtype)
+
     def sources(self, x) -> torch.Tensor:
         """Source voltages for a batch of pixel rows: pixel 1 -> circuit.input_voltage volts."""
-        x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
-        return self.cc.inputs_to_sources(x.to(self.device, self.dtype) * self.cfg.circuit.input_voltage)
+        return self.cc.inputs_to_sources(self._x(x) * self.cfg.circuit.input_voltage)
+
+    def _outputs(self, res) -> torch.Tensor:
+        """The output voltages of a settle as the read-out measures them."""
+        return res.cc.voltages(self._measure(res.s), res.u)[:, res.cc.outputs]
 
     def ep(self, x: torch.Tensor, labels: torch.Tensor, sign: torch.Tensor | None, idx: torch.Tensor | None):
         """EP on this rank's samples: (gradients by key, summed loss, wrong count, free-phase
@@ -200,8 +207,7 @@ class Trainer:
         y = targets(self.cfg, labels, self.n_out, self.dtype).to(self.device)
         ep = ep_gradient(self.cc, u, y, self.cfg.train.beta, mode=self.cfg.train.nudging, keys=self.keys,
                          sign=sign, view=self._view, measure=self._measure, **self._settle_kw())
-        out = self.cc.voltages(self._measure(ep.free.s), ep.free.u)[:, self.cc.outputs]
-        wrong = (out.argmax(1).cpu() != labels).sum().to(self.dtype)
+        wrong = (self._outputs(ep.free).argmax(1).cpu() != labels).sum().to(self.dtype)
         return ep.grads, ep.loss.sum().detach().cpu(), wrong, ep.free.iterations
 
     def step(self, x: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor | None = None) -> tuple[float, float, int]:
@@ -237,8 +243,7 @@ class Trainer:
         batch = batch or self.cfg.train.eval_batch
         outs = []
         for i in range(0, len(x), batch):
-            res = settle(self._view(), self.sources(x[i:i + batch]), **self._settle_kw())
-            outs.append(self.cc.voltages(self._measure(res.s), res.u)[:, self.cc.outputs].cpu())
+            outs.append(self._outputs(settle(self._view(), self.sources(x[i:i + batch]), **self._settle_kw())).cpu())
         V = torch.cat(outs)
         return V, V.argmax(1)
 

@@ -1,0 +1,22 @@
+"""What the seed models share: their initialisation and EP's ∂(energy)/∂θ at fixed states."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+
+def glorot(rows: int, cols: int, generator: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """Glorot-uniform weights (rows, cols), float64 on the CPU, as the seeds initialise."""
+    bound = scale * math.sqrt(6.0 / (rows + cols))
+    return (torch.rand(rows, cols, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+
+
+def grads_at(fn: Callable[[dict], torch.Tensor], params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """∂(Σ fn(θ))/∂θ for every parameter, the states inside ``fn`` held fixed (autograd on leaf
+    copies, enabled even inside ``no_grad``)."""
+    with torch.enable_grad():
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        grads = torch.autograd.grad(fn(leaves).sum(), list(leaves.values()))
+    return dict(zip(leaves, grads))
