@@ -382,7 +382,7 @@ def sweep(
 @app.command()
 @_guard
 def gdu(
-    model: str = typer.Option("toy", help="toy (seed 003 C.2), eb-1h or p-1h (784-512-10 on MNIST)."),
+    model: str = typer.Option("toy", help="toy (seed 003 C.2), eb-1h or p-1h (784-512-10 on MNIST), p-conv (appendix D on MNIST)."),
     seed: int = typer.Option(0, help="Initialisation and data draw."),
     batch: int = typer.Option(20, help="Samples the processes are averaged over (the seed: 20)."),
     plot: Optional[Path] = typer.Option(None, help="PNG of ΔEP vs −∇BPTT processes."),

@@ -7,10 +7,12 @@ from typing import Callable
 import torch
 
 
-def glorot(rows: int, cols: int, generator: torch.Generator, scale: float = 1.0) -> torch.Tensor:
-    """Glorot-uniform weights (rows, cols), float64 on the CPU, as the seeds initialise."""
-    bound = scale * math.sqrt(6.0 / (rows + cols))
-    return (torch.rand(rows, cols, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+def glorot(shape: tuple[int, ...], generator: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """Glorot-uniform weights, float64 on the CPU, as the seeds initialise: a matrix (out, in) or
+    a convolution filter (out, in, kh, kw), whose fans count the receptive field."""
+    field = math.prod(shape[2:])
+    bound = scale * math.sqrt(6.0 / ((shape[0] + shape[1]) * field))
+    return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
 
 
 def grads_at(fn: Callable[[dict], torch.Tensor], params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -20,3 +22,8 @@ def grads_at(fn: Callable[[dict], torch.Tensor], params: dict[str, torch.Tensor]
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
         grads = torch.autograd.grad(fn(leaves).sum(), list(leaves.values()))
     return dict(zip(leaves, grads))
+
+
+def nudges(beta) -> bool:
+    """Whether a nudge strength (a number, or a per-sample column for signed nudging) is on."""
+    return not (isinstance(beta, (int, float)) and beta == 0)

@@ -58,9 +58,9 @@ def processes(model: DiscreteModel, x: torch.Tensor, y: torch.Tensor, T: int, K:
     scale = beta * model.nudge_scale * B
     ep = {f"s{i}": torch.stack([(nudged[k + 1][i] - nudged[k][i]).sum(0) / scale for k in range(K)])
           for i in range(len(s_star))}
-    grads = [model.phi_grads(x, st) for st in nudged]
+    steps = [model.update(x, nudged[k], nudged[k + 1]) for k in range(K)]
     for name in model.params:
-        ep[name] = torch.stack([(grads[k + 1][name] - grads[k][name]) / scale for k in range(K)])
+        ep[name] = torch.stack([steps[k][name] / scale for k in range(K)])
     return Processes(ep, bptt, residual)
 
 
@@ -83,7 +83,7 @@ def sign_agreement(f: torch.Tensor, g: torch.Tensor) -> float:
 
 def report(p: Processes) -> dict:
     return dict(rel_mse={k: rel_mse(p.ep[k], p.bptt[k]) for k in p.ep},
-                sign_agreement={k: sign_agreement(p.ep[k], p.bptt[k]) for k in p.ep if k.startswith("W")},
+                sign_agreement={k: sign_agreement(p.ep[k], p.bptt[k]) for k in p.ep if not k.startswith("s")},
                 free_residual=p.free_residual)
 
 
@@ -113,13 +113,15 @@ SETTINGS = {
     "toy": dict(T=5000, K=80, beta=0.01),
     "eb-1h": dict(T=800, K=80, beta=0.001),
     "p-1h": dict(T=150, K=10, beta=0.01),
+    "p-conv": dict(T=5000, K=10, beta=0.02),
 }
 
 
 def setup(name: str, seed: int = 0, batch: int = 20, dtype=torch.float64):
     """(model, x, y, settings) for a GDU demonstration: the toy model on uniform random inputs
-    and one-hot targets (seed 003 C.2), the 784-512-10 nets on MNIST training images."""
-    from .discrete import EnergyBased, Prototypical, layered_pairs, toy_model
+    and one-hot targets (seed 003 C.2), the 784-512-10 nets and the convolutional net of
+    appendix D (hard sigmoid) on MNIST training images."""
+    from .discrete import ConvPrototypical, EnergyBased, Prototypical, layered_pairs, toy_model
 
     if name not in SETTINGS:
         raise ValueError(f"unknown GDU model {name!r}; choose from {', '.join(SETTINGS)}")
@@ -135,9 +137,12 @@ def setup(name: str, seed: int = 0, batch: int = 20, dtype=torch.float64):
         d = load_dataset("mnist")
         idx = torch.randperm(len(d.y_train), generator=g)[:batch]
         x, labels = torch.as_tensor(d.x_train[idx.numpy()], dtype=torch.float64), torch.as_tensor(d.y_train[idx.numpy()])
-        kind = EnergyBased if name.startswith("eb") else Prototypical
-        kw = dict(eps=0.08) if kind is EnergyBased else {}
-        model = kind([10, 512], 784, layered_pairs(2), act="tanh", dtype=dtype, seed=seed, **kw)
+        if name == "p-conv":
+            model = ConvPrototypical((1, 28, 28), [32, 64], [10], act="hardsigmoid", dtype=dtype, seed=seed)
+        else:
+            kind = EnergyBased if name.startswith("eb") else Prototypical
+            kw = dict(eps=0.08) if kind is EnergyBased else {}
+            model = kind([10, 512], 784, layered_pairs(2), act="tanh", dtype=dtype, seed=seed, **kw)
         n_out = 10
     y = torch.eye(n_out, dtype=torch.float64)[labels]
     return model, x.to(dtype), y.to(dtype), SETTINGS[name]

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .common import glorot, grads_at
+from .common import glorot, grads_at, nudges
 
 RHO = {
     # ρ' = 1 on the closed interval: a unit at a bound can leave it when driven inward
@@ -32,7 +32,7 @@ class HopfieldNet:
         g = torch.Generator().manual_seed(seed)
         self.params = {}
         for k in range(1, len(sizes)):  # Glorot-uniform weights, zero biases
-            self.params[f"W{k}"] = glorot(sizes[k], sizes[k - 1], g).to(self.device, dtype)
+            self.params[f"W{k}"] = glorot((sizes[k], sizes[k - 1]), g).to(self.device, dtype)
             self.params[f"b{k}"] = torch.zeros(sizes[k], dtype=dtype, device=self.device)
 
     def zeros(self, batch: int) -> list[torch.Tensor]:
@@ -60,7 +60,7 @@ class HopfieldNet:
             if k + 1 < len(layers):
                 drive = drive + self.rho(layers[k + 1]) @ p[f"W{k + 1}"]
             out.append(layers[k] - self.drho(layers[k]) * drive)
-        if beta:
+        if nudges(beta):
             out[-1] = out[-1] + beta * (s[-1] - y)
         return out
 
@@ -78,15 +78,20 @@ class HopfieldNet:
                 s = [t.clamp(0, 1) for t in s]
         return s
 
-    def energy_grads(self, x, s) -> dict[str, torch.Tensor]:
-        """∂E/∂θ at fixed states, summed over the batch (C does not depend on θ)."""
-        s = [t.detach() for t in s]
-        return grads_at(lambda p: self.energy(x, s, p), self.params)
+    nudge_scale = 1.0  # the nudged force is β ∂C/∂s, as in the discrete models' convention
 
-    def ep_grads(self, x, s_free, s_nudged, beta: float) -> dict[str, torch.Tensor]:
-        """EP estimate of d(mean cost)/dθ from a free and a nudged state."""
-        a, b = self.energy_grads(x, s_nudged), self.energy_grads(x, s_free)
-        return {k: (a[k] - b[k]) / (beta * x.shape[0]) for k in a}
+    def energy_grads(self, x, s, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """∂E/∂θ at fixed states, summed over the batch (each sample × ``weight``; C does not
+        depend on θ)."""
+        s = [t.detach() for t in s]
+        w = 1.0 if weight is None else weight
+        return grads_at(lambda p: self.energy(x, s, p) * w, self.params)
+
+    def update(self, x, s_from, s_to, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """EP's increment of −E between two states (the discrete models' Φ plays −E's part):
+        ÷β it estimates −d(cost)/dθ."""
+        a, b = self.energy_grads(x, s_from, weight), self.energy_grads(x, s_to, weight)
+        return {k: a[k] - b[k] for k in a}
 
 
 class ParticleCache:

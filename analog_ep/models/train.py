@@ -5,19 +5,25 @@ prediction differ.
 * ``hopfield`` (seed 000): free phase of ``free_steps`` clipped ε-steps (from the example's
   persistent particle when ``persistent``), nudged phase of ``nudged_steps`` from the free state,
   Δθ ∝ −(1/β)(∂F/∂θ(s^β) − ∂F/∂θ(s⁰)); optional Langevin relaxation (``temperature``).
-* ``eb`` / ``p`` (seed 003): T = ``free_steps`` free steps from zero, K = ``nudged_steps``
-  nudged steps, Δθ = (1/β')(∂Φ/∂θ(s^β_K) − ∂Φ/∂θ(s_T)); with ``continual`` (C-EP, seed 002)
-  the weights move at every nudged step by the optimiser with that step's increment.
+* ``eb`` / ``p`` / ``p-conv`` (seed 003): T = ``free_steps`` free steps from zero, K =
+  ``nudged_steps`` nudged steps, Δθ = (1/β')(∂Φ/∂θ(s^β_K) − ∂Φ/∂θ(s_T)); ``vf`` the same with
+  asymmetric weights and the vector-field rule. With ``continual`` (C-EP, or C-VF for ``vf``;
+  seed 002) the weights move at every nudged step by the optimiser with that step's increment.
+
+``train.nudging``: positive (+β), random (a ±β per sample, the C-VF paper's "random β") or
+centered (a +β and a −β phase, Δθ from their difference; not with ``continual``).
 
 Persistent particles live in memory only: a resumed run restarts them from zero.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..circuit import parse_layers
 from ..train.trainer import Trainer, targets
-from .discrete import EnergyBased, Prototypical, layered_pairs
+from .discrete import ConvPrototypical, EnergyBased, Prototypical, VectorField, layered_pairs
 from .hopfield import HopfieldNet, ParticleCache
 
 
@@ -31,10 +37,16 @@ class SeedTrainer(Trainer):
         seed = self.cfg.train.seed
         if m.kind == "hopfield":
             self.net = HopfieldNet(sizes, rho=m.activation, dtype=self.dtype, device=self.device, seed=seed)
+        elif m.kind == "p-conv":
+            side = math.isqrt(self.n_in)
+            if side * side != self.n_in:
+                raise ValueError(f"p-conv needs a square single-channel image; {self.n_in} inputs are not one")
+            self.net = ConvPrototypical((1, side, side), m.channels, sizes[1:], kernel=m.kernel, pool=m.pool,
+                                        act=m.activation, dtype=self.dtype, device=self.device, seed=seed)
         else:  # seed 003 order: output first, the input last
             dims = sizes[1:][::-1]
-            kind = EnergyBased if m.kind == "eb" else Prototypical
-            kw = dict(eps=m.eps, clip=m.clip) if kind is EnergyBased else {}
+            kind, kw = {"eb": (EnergyBased, dict(eps=m.eps, clip=m.clip)), "p": (Prototypical, {}),
+                        "vf": (VectorField, dict(angle=m.angle))}[m.kind]
             self.net = kind(dims, self.n_in, layered_pairs(len(dims)), act=m.activation, dtype=self.dtype,
                             device=self.device, seed=seed, **kw)
         self.params = self.net.params
@@ -55,7 +67,7 @@ class SeedTrainer(Trainer):
         output, so the input-side weight comes first here too."""
         if self.cfg.model.kind == "hopfield":
             return int(key[1:])
-        return len(self.net.dims) - int(key[1:].split("_")[0])
+        return len(self.net.shapes) - int(key[1:].split("_")[0])
 
     def project(self) -> None:
         """Weights are unconstrained in the seed models."""
@@ -80,31 +92,42 @@ class SeedTrainer(Trainer):
     def _output(self, s) -> torch.Tensor:
         return s[-1] if self.cfg.model.kind == "hopfield" else s[0]
 
+    def _nudged(self, x, s, beta, y):
+        """The nudged phase from state s with strength ``beta`` (a number or a column)."""
+        m, net = self.cfg.model, self.net
+        if m.kind == "hopfield":
+            return net.relax(x, s, m.nudged_steps, m.eps, beta=beta, y=y, temperature=m.temperature, generator=self.gen)
+        with torch.no_grad():
+            return net.relax(x, s, m.nudged_steps, beta, y)
+
     def ep(self, x, labels, sign, idx):
-        m, net, beta = self.cfg.model, self.net, self.cfg.train.beta
+        m, net, beta, mode = self.cfg.model, self.net, self.cfg.train.beta, self.cfg.train.nudging
         x = self._x(x)
         y = targets(self.cfg, labels, self.n_out, self.dtype).to(self.device)
         s0 = self._free(x, idx)
         out = self._output(s0)
         loss = (0.5 * ((out - y) ** 2).sum()).detach().cpu()
         wrong = (out.argmax(1).cpu() != labels).sum().to(self.dtype)
-        B = len(x)
-        if m.kind == "hopfield":
-            s1 = net.relax(x, s0, m.nudged_steps, m.eps, beta=beta, y=y, temperature=m.temperature, generator=self.gen)
-            return net.ep_grads(x, s0, s1, beta), loss, wrong, m.free_steps
-        scale = beta * net.nudge_scale * B
-        with torch.no_grad():
-            s, start = s0, net.phi_grads(x, s0)
+        scale = beta * net.nudge_scale * len(x)
+        # signed nudging: each sample's increment ÷ its own ±β, i.e. weighted by its sign
+        w = None if sign is None else sign.to(self.device, self.dtype)
+        b = beta if w is None else beta * w.unsqueeze(1)
+        grad = lambda inc, k=1: {key: -inc[key] / (k * scale) for key in self.keys}
+        if mode == "centered":
+            return grad(net.update(x, self._nudged(x, s0, -beta, y), self._nudged(x, s0, beta, y)), 2), loss, wrong, m.free_steps
+        if not m.continual:
+            return grad(net.update(x, s0, self._nudged(x, s0, b, y), w)), loss, wrong, m.free_steps
+        with torch.no_grad():  # C-EP / C-VF: every step's increment is applied at once, the last by the caller
+            s = s0
             for t in range(m.nudged_steps):
-                s = net.step(x, s, beta, y)
-                if m.continual and t < m.nudged_steps - 1:  # C-EP: this step's increment, applied now
-                    now = net.phi_grads(x, s)
-                    for k in self.keys:
-                        self.params[k].grad = -(now[k] - start[k]) / scale
+                nxt = net.step(x, s, b, y)
+                inc = grad(net.update(x, s, nxt, w))
+                if t < m.nudged_steps - 1:
+                    for key in self.keys:
+                        self.params[key].grad = inc[key]
                     self.opt.step()
-                    start = now
-            end = net.phi_grads(x, s)
-        return {k: -(end[k] - start[k]) / scale for k in self.keys}, loss, wrong, m.free_steps
+                s = nxt
+        return inc, loss, wrong, m.free_steps
 
     def predict(self, x, batch: int | None = None):
         batch = batch or self.cfg.train.eval_batch

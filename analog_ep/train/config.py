@@ -50,8 +50,8 @@ class TrainConfig:
 class ModelConfig:
     """The ``[model]`` table: the analog circuit (default) or one of the seed papers' abstract EP
     models, which train with the same loop, checkpoints and metrics."""
-    kind: str = "circuit"  # circuit | hopfield (seed 000) | eb | p (seed 003, discrete time)
-    layers: str = "784,500,10"  # input, hidden..., output
+    kind: str = "circuit"  # circuit | hopfield (seed 000) | eb | p | p-conv | vf (seeds 002/003, discrete time)
+    layers: str = "784,500,10"  # input, hidden..., output (p-conv: input, the dense layers after the convolutions)
     activation: str = "hardsigmoid"  # hopfield: hardsigmoid | logistic; eb/p: tanh | sigmoid | hardsigmoid
     free_steps: int = 20  # free-phase iterations (T)
     nudged_steps: int = 4  # nudged-phase iterations (K)
@@ -60,9 +60,20 @@ class ModelConfig:
     persistent: bool = False  # persistent particles (hopfield)
     temperature: float = 0.0  # Langevin relaxation (hopfield)
     clip: bool = True  # eb: keep states in [0, 1] (the seed's training setting)
-    continual: bool = False  # C-EP: update the weights at every nudged step (eb, p)
+    continual: bool = False  # C-EP: update the weights at every nudged step (eb, p, p-conv, vf; vf + continual = C-VF)
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # p-conv: feature maps per convolution, from the input
+    kernel: int = 5  # p-conv: convolution size (no padding, stride 1)
+    pool: int = 2  # p-conv: max-pool size and stride
+    angle: float = 0.0  # vf: initial angle between forward and backward weights, degrees
 
-    KINDS = ("circuit", "hopfield", "eb", "p")
+    KINDS = ("circuit", "hopfield", "eb", "p", "p-conv", "vf")
+
+    def n_layers(self, circuit_layers: str) -> int:
+        """Weight layers, which take one learning rate each."""
+        from ..circuit import parse_layers
+
+        n = len(parse_layers(circuit_layers if self.kind == "circuit" else self.layers)) - 1
+        return n + len(self.channels) if self.kind == "p-conv" else n
 
 
 @dataclass
@@ -165,7 +176,6 @@ class Config:
             raise ValueError("train.lr_decay must be in (0, 1] and train.lr_decay_from >= 0")
         if not (0 <= t.g_min < t.g_max) or t.beta <= 0 or t.epochs < 0 or self.data.batch_size < 1:
             raise ValueError("need 0 <= g_min < g_max, beta > 0, epochs >= 0, batch_size >= 1")
-        from ..circuit import parse_layers
 
         m = self.model
         if m.kind not in ModelConfig.KINDS:
@@ -174,6 +184,12 @@ class Config:
             raise ValueError("device models apply to circuits only (model.kind = 'circuit')")
         if m.free_steps < 1 or m.nudged_steps < 1 or m.eps <= 0 or m.temperature < 0:
             raise ValueError("model: need free_steps, nudged_steps >= 1, eps > 0, temperature >= 0")
-        n_layers = len(parse_layers(self.circuit.layers if m.kind == "circuit" else m.layers)) - 1
+        if m.kind == "p-conv" and (not m.channels or min(m.channels) < 1 or m.kernel < 1 or m.pool < 1):
+            raise ValueError("model: p-conv needs channels (each >= 1), kernel >= 1 and pool >= 1")
+        if m.continual and t.nudging == "centered":
+            raise ValueError("model.continual nudges one way: set train.nudging to positive or random")
+        if not 0 <= m.angle <= 180:
+            raise ValueError(f"model.angle must be in [0, 180] degrees, not {m.angle}")
+        n_layers = m.n_layers(self.circuit.layers)
         if len(t.lr) not in (1, n_layers):
             raise ValueError(f"train.lr: give one learning rate or one per layer ({n_layers})")
