@@ -387,11 +387,22 @@ def gdu(
     batch: int = typer.Option(20, help="Samples the processes are averaged over (the seed: 20)."),
     plot: Optional[Path] = typer.Option(None, help="PNG of ΔEP vs −∇BPTT processes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
+    free_steps: Optional[int] = typer.Option(None, "--free-steps", "-T", min=1, help="Override the seed's T."),
+    nudged_steps: Optional[int] = typer.Option(None, "--nudged-steps", "-K", min=1, help="Override the seed's K."),
+    beta: Optional[float] = typer.Option(None, help="Override the seed's β (> 0)."),
 ):
-    """The GDU property (seed 003): EP's per-step updates vs BPTT's gradients, RelMSE per layer."""
+    """The GDU property (seed 003): EP's per-step updates vs BPTT's gradients, RelMSE per layer.
+    T, K and β default to the seed's table 3; overriding them is the seed's way of searching
+    hyper-parameters (the processes should coincide)."""
     from .models import gdu as g
 
     net, x, y, settings = g.setup(model, seed=seed, batch=batch)
+    given = dict(T=free_steps, K=nudged_steps, beta=beta)
+    settings = {**settings, **{k: v for k, v in given.items() if v is not None}}
+    if settings["beta"] <= 0:
+        raise typer.BadParameter(f"beta must be > 0, not {settings['beta']}")
+    if settings["K"] >= settings["T"]:
+        raise typer.BadParameter(f"K ({settings['K']}) must be smaller than T ({settings['T']})")
     proc = g.processes(net, x, y, **settings)
     result = dict(model=model, seed=seed, batch=batch, **settings, **g.report(proc))
     if plot is not None:

@@ -134,6 +134,12 @@ def test_cli_gdu_toy(tmp_path):
     assert (tmp_path / "gdu.png").stat().st_size > 5000
     bad = CliRunner().invoke(app, ["gdu", "--model", "resnet"])
     assert bad.exit_code == 2 and "unknown GDU model" in bad.stderr
+    short = CliRunner().invoke(app, ["gdu", "--model", "toy", "-T", "300", "-K", "5", "--beta", "0.02", "--json"])
+    assert short.exit_code == 0, short.output
+    out = json.loads(short.stdout.strip().splitlines()[-1])
+    assert (out["T"], out["K"], out["beta"]) == (300, 5, 0.02) and len(out["rel_mse"]) == 5
+    bad = CliRunner().invoke(app, ["gdu", "--model", "toy", "-T", "5", "-K", "10"])
+    assert bad.exit_code == 2 and "smaller than T" in bad.stderr
 
 
 def seed_config(kind, nudging="positive", **model):
