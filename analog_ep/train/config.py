@@ -186,6 +186,8 @@ class Config:
             raise ValueError("model: need free_steps, nudged_steps >= 1, eps > 0, temperature >= 0")
         if m.kind == "p-conv" and (not m.channels or min(m.channels) < 1 or m.kernel < 1 or m.pool < 1):
             raise ValueError("model: p-conv needs channels (each >= 1), kernel >= 1 and pool >= 1")
+        if m.continual and m.kind in ("circuit", "hopfield"):
+            raise ValueError("model.continual (C-EP) applies to the discrete-time models: eb, p, p-conv, vf")
         if m.continual and t.nudging == "centered":
             raise ValueError("model.continual nudges one way: set train.nudging to positive or random")
         if not 0 <= m.angle <= 180:
