@@ -246,6 +246,16 @@ def test_conv_model_step_is_sigma_of_dphi_ds_and_its_weight_update_is_eq_82():
     unpooled = torch.nn.functional.max_unpool2d(h0, ind, 2, output_size=z.shape[-2:])  # P⁻¹(h⁰)
     explicit = torch.nn.functional.conv2d(h1.transpose(0, 1), unpooled.transpose(0, 1)).transpose(0, 1)
     torch.testing.assert_close(m.phi_grads(x, s)["W1_2"], explicit, rtol=1e-12, atol=1e-12)
+    # the input term is memoised within a phase, and recomputed after an in-place weight
+    # update (C-EP's optimiser) or for another input
+    fresh = lambda xx: small_conv()[0].step(xx, s)
+    m.params["W2_3"].add_(0.01)
+    other = small_conv()[0]
+    other.params["W2_3"].add_(0.01)
+    torch.testing.assert_close(m.step(x, s)[2], other.step(x, s)[2], rtol=0, atol=0)
+    x2 = x.flip(0)
+    torch.testing.assert_close(m.step(x2, s)[2], other.step(x2, s)[2], rtol=0, atol=0)
+    assert not torch.equal(m.step(x2, s)[2], fresh(x2)[2])
 
 
 def test_conv_model_gdu_holds_in_the_linear_range():
