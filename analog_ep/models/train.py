@@ -60,7 +60,10 @@ class SeedTrainer(Trainer):
 
     def summary(self) -> str:
         m = self.cfg.model
-        return f"{m.kind} model {m.layers} ({m.activation}, T={m.free_steps}, K={m.nudged_steps})"
+        shape = f"conv {m.channels} ({m.kernel}x{m.kernel}, pool {m.pool}) then {m.layers}" if m.kind == "p-conv" else m.layers
+        extra = f", angle {m.angle:g} deg" if m.kind == "vf" else ""
+        return (f"{m.kind} model {shape} ({m.activation}, T={m.free_steps}, K={m.nudged_steps}"
+                f"{', continual' if m.continual else ''}{extra})")
 
     def layer_of(self, key: str) -> int:
         """Layer from the input side: hopfield W1/b1 = first; seed-003 W{i}_{i+1} counts from the
