@@ -97,14 +97,15 @@ def export(
         _fail("give exactly one of --layers, --graph or --checkpoint")
     dmodel = None if diode.strip().lower() == "none" else DiodeModel.parse(diode)
     if checkpoint is not None:
+        from .circuit.builder import input_pairs
         from .train import load_checkpoint
 
         trainer = load_checkpoint(checkpoint)
         circuit = trainer.cc.to_circuit()
         if inputs is not None:
             volts = [v * trainer.cfg.circuit.input_voltage for v in _floats(inputs, "--inputs")]
-            circuit = circuit.with_sources({**{f"x{i}p": v for i, v in enumerate(volts)},
-                                            **{f"x{i}n": -v for i, v in enumerate(volts)}})
+            plus, minus = input_pairs(len(volts))
+            circuit = circuit.with_sources({**dict(zip(plus, volts)), **dict(zip(minus, [-v for v in volts]))})
     elif layers is not None:
         lo_hi = _floats(g_init, "--g-init")
         if len(lo_hi) != 2:

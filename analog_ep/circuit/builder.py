@@ -56,6 +56,11 @@ class DiodeModel:
         return Diodes(name, anode, cathode, self.IS, self.N, self.RS, ideal=self.ideal)
 
 
+def input_pairs(n_in: int) -> tuple[list[str], list[str]]:
+    """The node names of a layered circuit's differential inputs: x{i}p carries +v_i, x{i}n −v_i."""
+    return [f"x{i}p" for i in range(n_in)], [f"x{i}n" for i in range(n_in)]
+
+
 def parse_layers(spec: str | Sequence[int]) -> list[int]:
     """``"784,100,10"`` -> [784, 100, 10]; at least an input and an output layer."""
     if isinstance(spec, str):
@@ -125,10 +130,10 @@ def layered(
         raise ValueError(f"inputs: need {n_in} finite values")
 
     nodes = _Nodes()
-    xp = nodes.add_many([f"x{i}p" for i in range(n_in)], Role.INPUT)
-    xn = nodes.add_many([f"x{i}n" for i in range(n_in)], Role.INPUT)
+    plus, minus = input_pairs(n_in)
+    xp, xn = nodes.add_many(plus, Role.INPUT), nodes.add_many(minus, Role.INPUT)
     elements: list = [VoltageSources("x", np.concatenate([xp, xn]), np.concatenate([x, -x]),
-                                     names=[f"Vx{i}p" for i in range(n_in)] + [f"Vx{i}n" for i in range(n_in)])]
+                                     names=[f"V{n}" for n in plus + minus])]
     if bias:
         bp, bn = nodes.add("bp", Role.BIAS), nodes.add("bn", Role.BIAS)
         elements.append(VoltageSources("bias", [bp, bn], [bias_voltage, -bias_voltage], names=["Vbp", "Vbn"]))

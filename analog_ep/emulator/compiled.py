@@ -18,6 +18,7 @@ import torch
 
 from ..circuit.constants import THERMAL_VOLTAGE
 from ..circuit.ir import Amplifiers, Circuit, CircuitError, Conductances, CurrentSources, Diodes, Nudges, Role, VoltageSources
+from ..circuit.builder import input_pairs
 from ..circuit.transforms import expand_series_resistance
 
 
@@ -86,8 +87,8 @@ class Compiled:
             return u
         n_in = x.shape[1]
         try:
-            p = [pos[f"x{i}p"] for i in range(n_in)]
-            m = [pos[f"x{i}n"] for i in range(n_in)]
+            plus, minus = input_pairs(n_in)
+            p, m = [pos[n] for n in plus], [pos[n] for n in minus]
         except KeyError:
             raise CircuitError(f"the circuit has no x{{i}}p/x{{i}}n input pairs for {n_in} inputs; pass names=") from None
         u[:, p] = x

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..circuit.builder import input_pairs
 from ..circuit.ir import Diodes, Role
 from ..compare import compare, input_sources
 
@@ -26,8 +27,8 @@ def spice_check(circuit, x: np.ndarray, labels: np.ndarray, jobs: int | None = N
         raise ValueError("the circuit has ideal clamps, which SPICE cannot simulate exactly; "
                          "train with Shockley diodes (circuit.diode = 'IS,N') to verify in SPICE")
     n_in = x.shape[1]
-    pairs = [f"x{i}p" for i in range(n_in)] + [f"x{i}n" for i in range(n_in)]
-    if input_sources(circuit) != pairs:
+    plus, minus = input_pairs(n_in)
+    if input_sources(circuit) != plus + minus:
         raise ValueError("spice_check needs a layered circuit whose inputs are the x{i}p/x{i}n source pairs")
     cmp = compare(circuit, np.concatenate([x, -x], axis=1), jobs=jobs, norton=True)
     outputs = [cmp.nodes.index(circuit.nodes[i]) for i in circuit.nodes_with_role(Role.OUTPUT)]
