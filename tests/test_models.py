@@ -180,6 +180,18 @@ def test_seed_models_learn_digits(kind, model, nudging):
     assert before > 0.5 and tr.history[-1].val_error < 0.3, (before, [m.val_error for m in tr.history])
 
 
+def test_seed_model_init_scale_scales_the_glorot_draw():
+    from analog_ep.data import load_dataset
+    from analog_ep.train.trainer import make_trainer
+
+    d = load_dataset("digits")
+    for kind in ("hopfield", "p", "p-conv", "vf"):
+        full, half = (make_trainer(seed_config(kind, init_scale=k), data=d).params for k in (1.0, 0.5))
+        assert all(torch.equal(half[k], 0.5 * full[k]) for k in full if k[0] in "WB"), kind
+    with pytest.raises(ValueError, match="init_scale"):
+        seed_config("p", init_scale=0.0)
+
+
 def test_seed_model_resumes_exactly_and_is_refused_where_a_circuit_is_needed(tmp_path):
     from typer.testing import CliRunner
 

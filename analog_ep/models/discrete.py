@@ -192,7 +192,8 @@ class ConvPrototypical(DiscreteModel):
     convolutions ``kernel``×``kernel`` without padding, stride 1, pooling ``pool``×``pool``."""
 
     def __init__(self, in_shape: tuple[int, int, int], channels: list[int], fc: list[int], kernel: int = 5,
-                 pool: int = 2, act: str = "hardsigmoid", dtype=torch.float64, device="cpu", seed: int = 0):
+                 pool: int = 2, act: str = "hardsigmoid", dtype=torch.float64, device="cpu", seed: int = 0,
+                 init_scale: float = 1.0):
         super().__init__(act, dtype, device)
         if not fc or not channels:
             raise ValueError("a convolutional model needs at least one dense and one convolution layer")
@@ -211,7 +212,7 @@ class ConvPrototypical(DiscreteModel):
         for i in range(len(self.shapes)):
             a, b = size(i), size(i + 1)
             shape = (a[0], math.prod(b)) if i < self.n_fc else (a[0], b[0], kernel, kernel)
-            self.params[f"W{i}_{i + 1}"] = glorot(shape, g).to(self.device, dtype)
+            self.params[f"W{i}_{i + 1}"] = glorot(shape, g, init_scale).to(self.device, dtype)
 
     def _couplings(self, x, s, p, memo: bool = False):
         """Per coupling (i, i+1): the input-side term layer i hears and the max-pool indices.

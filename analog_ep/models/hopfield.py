@@ -24,7 +24,8 @@ RHO = {
 
 
 class HopfieldNet:
-    def __init__(self, sizes: list[int], rho: str = "hardsigmoid", dtype=torch.float32, device="cpu", seed: int = 0):
+    def __init__(self, sizes: list[int], rho: str = "hardsigmoid", dtype=torch.float32, device="cpu", seed: int = 0,
+                 init_scale: float = 1.0):
         self.sizes, self.dtype, self.device = list(sizes), dtype, torch.device(device)
         if rho not in RHO:
             raise ValueError(f"hopfield activation must be one of {sorted(RHO)}, not {rho!r}")
@@ -32,7 +33,7 @@ class HopfieldNet:
         g = torch.Generator().manual_seed(seed)
         self.params = {}
         for k in range(1, len(sizes)):  # Glorot-uniform weights, zero biases
-            self.params[f"W{k}"] = glorot((sizes[k], sizes[k - 1]), g).to(self.device, dtype)
+            self.params[f"W{k}"] = glorot((sizes[k], sizes[k - 1]), g, init_scale).to(self.device, dtype)
             self.params[f"b{k}"] = torch.zeros(sizes[k], dtype=dtype, device=self.device)
 
     def zeros(self, batch: int) -> list[torch.Tensor]:

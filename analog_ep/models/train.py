@@ -36,19 +36,21 @@ class SeedTrainer(Trainer):
         self.n_in, self.n_out = sizes[0], sizes[-1]
         seed = self.cfg.train.seed
         if m.kind == "hopfield":
-            self.net = HopfieldNet(sizes, rho=m.activation, dtype=self.dtype, device=self.device, seed=seed)
+            self.net = HopfieldNet(sizes, rho=m.activation, dtype=self.dtype, device=self.device, seed=seed,
+                                   init_scale=m.init_scale)
         elif m.kind == "p-conv":
             side = math.isqrt(self.n_in)
             if side * side != self.n_in:
                 raise ValueError(f"p-conv needs a square single-channel image; {self.n_in} inputs are not one")
             self.net = ConvPrototypical((1, side, side), m.channels, sizes[1:], kernel=m.kernel, pool=m.pool,
-                                        act=m.activation, dtype=self.dtype, device=self.device, seed=seed)
+                                        act=m.activation, dtype=self.dtype, device=self.device, seed=seed,
+                                        init_scale=m.init_scale)
         else:  # seed 003 order: output first, the input last
             dims = sizes[1:][::-1]
             kind, kw = {"eb": (EnergyBased, dict(eps=m.eps, clip=m.clip)), "p": (Prototypical, {}),
                         "vf": (VectorField, dict(angle=m.angle))}[m.kind]
             self.net = kind(dims, self.n_in, layered_pairs(len(dims)), act=m.activation, dtype=self.dtype,
-                            device=self.device, seed=seed, **kw)
+                            device=self.device, seed=seed, init_scale=m.init_scale, **kw)
         self.params = self.net.params
         self.keys = list(self.params)
         self.particles = None

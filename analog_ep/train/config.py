@@ -65,6 +65,7 @@ class ModelConfig:
     kernel: int = 5  # p-conv: convolution size (no padding, stride 1)
     pool: int = 2  # p-conv: max-pool size and stride
     angle: float = 0.0  # vf: initial angle between forward and backward weights, degrees
+    init_scale: float = 1.0  # seed models: Glorot bound x this (p-conv at 1.0 starts with saturated outputs)
 
     KINDS = ("circuit", "hopfield", "eb", "p", "p-conv", "vf")
 
@@ -190,6 +191,8 @@ class Config:
             raise ValueError("model.continual (C-EP) applies to the discrete-time models: eb, p, p-conv, vf")
         if m.continual and t.nudging == "centered":
             raise ValueError("model.continual nudges one way: set train.nudging to positive or random")
+        if m.init_scale <= 0:
+            raise ValueError(f"model.init_scale must be > 0, not {m.init_scale}")
         if not 0 <= m.angle <= 180:
             raise ValueError(f"model.angle must be in [0, 180] degrees, not {m.angle}")
         n_layers = m.n_layers(self.circuit.layers)
