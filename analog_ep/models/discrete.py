@@ -198,13 +198,12 @@ class ConvPrototypical(DiscreteModel):
         if not fc or not channels:
             raise ValueError("a convolutional model needs at least one dense and one convolution layer")
         self.in_shape, self.kernel, self.pool, self.n_fc = tuple(in_shape), kernel, pool, len(fc)
-        conv_shapes, (c, h, w) = [], self.in_shape
+        conv_shapes, (_, h, w) = [], self.in_shape
         for out in channels:
             h, w = (h - kernel + 1) // pool, (w - kernel + 1) // pool
             if h < 1 or w < 1:
                 raise ValueError(f"a {self.in_shape} input is too small for {len(channels)} conv({kernel})+pool({pool}) layers")
             conv_shapes.insert(0, (out, h, w))
-            c = out
         self.shapes = [(d,) for d in reversed(fc)] + conv_shapes
         size = lambda i: self.in_shape if i == len(self.shapes) else self.shapes[i]
         g = torch.Generator().manual_seed(seed)

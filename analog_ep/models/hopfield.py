@@ -24,6 +24,8 @@ RHO = {
 
 
 class HopfieldNet:
+    nudge_scale = 1.0  # the nudged force is β ∂C/∂s, as in the discrete models' convention
+
     def __init__(self, sizes: list[int], rho: str = "hardsigmoid", dtype=torch.float32, device="cpu", seed: int = 0,
                  init_scale: float = 1.0):
         self.sizes, self.dtype, self.device = list(sizes), dtype, torch.device(device)
@@ -78,8 +80,6 @@ class HopfieldNet:
             if clip:
                 s = [t.clamp(0, 1) for t in s]
         return s
-
-    nudge_scale = 1.0  # the nudged force is β ∂C/∂s, as in the discrete models' convention
 
     def energy_grads(self, x, s, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """∂E/∂θ at fixed states, summed over the batch (each sample × ``weight``; C does not
