@@ -15,12 +15,14 @@ def glorot(shape: tuple[int, ...], generator: torch.Generator, scale: float = 1.
     return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
 
 
-def grads_at(fn: Callable[[dict], torch.Tensor], params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def grads_at(fn: Callable[[dict], torch.Tensor], params: dict[str, torch.Tensor],
+             weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """∂(Σ fn(θ))/∂θ for every parameter, the states inside ``fn`` held fixed (autograd on leaf
-    copies, enabled even inside ``no_grad``)."""
+    copies, enabled even inside ``no_grad``); ``weight`` scales each sample's term of fn's (B,)."""
     with torch.enable_grad():
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        grads = torch.autograd.grad(fn(leaves).sum(), list(leaves.values()))
+        out = fn(leaves)
+        grads = torch.autograd.grad((out if weight is None else out * weight).sum(), list(leaves.values()))
     return dict(zip(leaves, grads))
 
 

@@ -60,8 +60,7 @@ class DiscreteModel:
     def phi_grads(self, x, s, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """∂Φ/∂θ at the fixed state s, summed over the batch (each sample × ``weight``)."""
         s = [t.detach() for t in s]
-        w = 1.0 if weight is None else weight
-        return grads_at(lambda p: self.phi(x, s, p) * w, self.params)
+        return grads_at(lambda p: self.phi(x, s, p), self.params, weight)
 
     def update(self, x, s_from, s_to, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """EP's parameter increment between two states (before dividing by β'):
@@ -149,11 +148,11 @@ class VectorField(Prototypical):
     Glorot draw made orthogonal to W and scaled to ‖W‖, so ‖B‖ = ‖W‖ exactly (0: symmetric start,
     the P model)."""
 
-    def __init__(self, *args, angle: float = 0.0, **kw):
-        super().__init__(*args, **kw)
+    def __init__(self, *args, angle: float = 0.0, seed: int = 0, **kw):
+        super().__init__(*args, seed=seed, **kw)
         if not 0 <= angle <= 180:
             raise ValueError(f"angle must be in [0, 180] degrees, not {angle}")
-        g = torch.Generator().manual_seed(kw.get("seed", 0) + 1)
+        g = torch.Generator().manual_seed(seed + 1)
         a = math.radians(angle)
         for i, j in self.pairs:
             if j == len(self.dims):  # the input is clamped: nothing flows back into it
@@ -179,8 +178,7 @@ class VectorField(Prototypical):
         """Σ_i ⟨∂pre_i/∂θ(s_from), s_to,i − s_from,i⟩: ΔW_ij = Δs_iᵀ s_j, ΔB_ij = s_iᵀ Δs_j."""
         s0 = [t.detach() for t in s_from]
         ds = [(b - a).detach() for a, b in zip(s_from, s_to)]
-        w = 1.0 if weight is None else weight.unsqueeze(1)
-        return grads_at(lambda p: sum((pre * d * w).sum(1) for pre, d in zip(self._pre(x, s0, p), ds)), self.params)
+        return grads_at(lambda p: sum((pre * d).sum(1) for pre, d in zip(self._pre(x, s0, p), ds)), self.params, weight)
 
 
 class ConvPrototypical(DiscreteModel):

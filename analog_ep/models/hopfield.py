@@ -85,8 +85,7 @@ class HopfieldNet:
         """∂E/∂θ at fixed states, summed over the batch (each sample × ``weight``; C does not
         depend on θ)."""
         s = [t.detach() for t in s]
-        w = 1.0 if weight is None else weight
-        return grads_at(lambda p: self.energy(x, s, p) * w, self.params)
+        return grads_at(lambda p: self.energy(x, s, p), self.params, weight)
 
     def update(self, x, s_from, s_to, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """EP's increment of −E between two states (the discrete models' Φ plays −E's part):
