@@ -391,13 +391,16 @@ def gdu(
     free_steps: Optional[int] = typer.Option(None, "--free-steps", "-T", min=1, help="Override the seed's T."),
     nudged_steps: Optional[int] = typer.Option(None, "--nudged-steps", "-K", min=1, help="Override the seed's K."),
     beta: Optional[float] = typer.Option(None, help="Override the seed's β (> 0)."),
+    init_scale: float = typer.Option(1.0, help="Initial weights: Glorot bound × this (> 0)."),
 ):
     """The GDU property (seed 003): EP's per-step updates vs BPTT's gradients, RelMSE per layer.
     T, K and β default to the seed's table 3; overriding them is the seed's way of searching
     hyper-parameters (the processes should coincide)."""
     from .models import gdu as g
 
-    net, x, y, settings = g.setup(model, seed=seed, batch=batch)
+    if init_scale <= 0:
+        raise typer.BadParameter(f"init-scale must be > 0, not {init_scale}")
+    net, x, y, settings = g.setup(model, seed=seed, batch=batch, init_scale=init_scale)
     given = dict(T=free_steps, K=nudged_steps, beta=beta)
     settings = {**settings, **{k: v for k, v in given.items() if v is not None}}
     if settings["beta"] <= 0:
@@ -405,7 +408,7 @@ def gdu(
     if settings["K"] >= settings["T"]:
         raise typer.BadParameter(f"K ({settings['K']}) must be smaller than T ({settings['T']})")
     proc = g.processes(net, x, y, **settings)
-    result = dict(model=model, seed=seed, batch=batch, **settings, **g.report(proc))
+    result = dict(model=model, seed=seed, batch=batch, init_scale=init_scale, **settings, **g.report(proc))
     if plot is not None:
         g.plot(proc, plot)
         result["plot"] = str(plot)

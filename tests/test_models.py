@@ -140,6 +140,9 @@ def test_cli_gdu_toy(tmp_path):
     assert (out["T"], out["K"], out["beta"]) == (300, 5, 0.02) and len(out["rel_mse"]) == 5
     bad = CliRunner().invoke(app, ["gdu", "--model", "toy", "-T", "5", "-K", "10"])
     assert bad.exit_code == 2 and "smaller than T" in bad.stderr
+    half = CliRunner().invoke(app, ["gdu", "--model", "toy", "-T", "300", "-K", "5", "--beta", "0.02", "--json",
+                                    "--init-scale", "0.5"])
+    assert half.exit_code == 0 and json.loads(half.stdout.strip().splitlines()[-1])["rel_mse"] != out["rel_mse"]
 
 
 def seed_config(kind, nudging="positive", **model):

@@ -255,6 +255,7 @@ class ConvPrototypical(DiscreteModel):
         return new
 
 
-def toy_model(seed: int = 0, dtype=torch.float64) -> EnergyBased:
+def toy_model(seed: int = 0, dtype=torch.float64, init_scale: float = 1.0) -> EnergyBased:
     """Seed 003 C.2: 10 inputs, 50 hidden, 5 outputs, all layers coupled (W01, W0x, W1x), tanh."""
-    return EnergyBased([5, 50], 10, [(0, 1), (0, 2), (1, 2)], act="tanh", eps=0.08, dtype=dtype, seed=seed)
+    return EnergyBased([5, 50], 10, [(0, 1), (0, 2), (1, 2)], act="tanh", eps=0.08, dtype=dtype, seed=seed,
+                       init_scale=init_scale)

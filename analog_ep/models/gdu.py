@@ -117,10 +117,10 @@ SETTINGS = {
 }
 
 
-def setup(name: str, seed: int = 0, batch: int = 20, dtype=torch.float64):
+def setup(name: str, seed: int = 0, batch: int = 20, dtype=torch.float64, init_scale: float = 1.0):
     """(model, x, y, settings) for a GDU demonstration: the toy model on uniform random inputs
     and one-hot targets (seed 003 C.2), the 784-512-10 nets and the convolutional net of
-    appendix D (hard sigmoid) on MNIST training images."""
+    appendix D (hard sigmoid) on MNIST training images; weights Glorot × ``init_scale``."""
     from .discrete import ConvPrototypical, EnergyBased, Prototypical, layered_pairs, toy_model
 
     if name not in SETTINGS:
@@ -129,7 +129,7 @@ def setup(name: str, seed: int = 0, batch: int = 20, dtype=torch.float64):
     if name == "toy":
         x = torch.rand(batch, 10, generator=g, dtype=torch.float64)
         labels = torch.randint(0, 5, (batch,), generator=g)
-        model = toy_model(seed, dtype)
+        model = toy_model(seed, dtype, init_scale)
         n_out = 5
     else:
         from ..data import load_dataset
@@ -138,11 +138,12 @@ def setup(name: str, seed: int = 0, batch: int = 20, dtype=torch.float64):
         idx = torch.randperm(len(d.y_train), generator=g)[:batch]
         x, labels = torch.as_tensor(d.x_train[idx.numpy()], dtype=torch.float64), torch.as_tensor(d.y_train[idx.numpy()])
         if name == "p-conv":
-            model = ConvPrototypical((1, 28, 28), [32, 64], [10], act="hardsigmoid", dtype=dtype, seed=seed)
+            model = ConvPrototypical((1, 28, 28), [32, 64], [10], act="hardsigmoid", dtype=dtype, seed=seed,
+                                     init_scale=init_scale)
         else:
             kind = EnergyBased if name.startswith("eb") else Prototypical
             kw = dict(eps=0.08) if kind is EnergyBased else {}
-            model = kind([10, 512], 784, layered_pairs(2), act="tanh", dtype=dtype, seed=seed, **kw)
+            model = kind([10, 512], 784, layered_pairs(2), act="tanh", dtype=dtype, seed=seed, init_scale=init_scale, **kw)
         n_out = 10
     y = torch.eye(n_out, dtype=torch.float64)[labels]
     return model, x.to(dtype), y.to(dtype), SETTINGS[name]

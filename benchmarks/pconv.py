@@ -1,0 +1,81 @@
+"""P-conv (seed 003 appendix D, 28×28 → conv 32 → pool → conv 64 → pool → 10) on the CPU: the
+step with and without the memoised input term, and how the initial weight scale changes the
+start of training.
+
+    .venv/bin/python benchmarks/pconv.py [--out benchmarks/results/pconv.json] [--images 4000]
+
+* step: median ms per free-phase step (batch 20, float32, one thread), the memo switched off and
+  on in interleaved runs of 60 steps in one process, so the ratio is measured in one run.
+* init: two trainings from the same draw, Glorot bound × 1.0 and × 0.5, with
+  examples/seed_pconv.toml's other settings, on the same --images MNIST training images; the
+  validation error on the first 2,000 validation images at the end (needs the MNIST cache).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from analog_ep.models.discrete import ConvPrototypical
+from analog_ep.train import Config
+from analog_ep.train.trainer import make_trainer
+
+
+def step_times(repeats: int = 5, steps: int = 60) -> dict:
+    m = ConvPrototypical((1, 28, 28), [32, 64], [10], dtype=torch.float32)
+    x = torch.rand(20, 784, generator=torch.Generator().manual_seed(0))
+    s = m.relax(x, m.zeros(20), 5)
+    couplings = m._couplings
+    times = {"memo_off": [], "memo_on": []}
+    for _ in range(repeats):
+        for name in times:
+            if name == "memo_off":
+                m._couplings = lambda x, s, p, memo=False: couplings(x, s, p, False)
+            t = time.perf_counter()
+            m.relax(x, s, steps)
+            times[name].append((time.perf_counter() - t) / steps * 1e3)
+            m._couplings = couplings
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return dict(ms_per_step=med, speedup=med["memo_off"] / med["memo_on"], batch=20, dtype="float32")
+
+
+def init_scale_start(images: int) -> dict:
+    base = Config.load(Path(__file__).parents[1] / "examples" / "seed_pconv.toml")
+    out = {}
+    for scale in (1.0, 0.5):
+        cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, init_scale=scale))
+        tr = make_trainer(cfg)
+        d = tr.data
+        idx = torch.randperm(len(d.y_train), generator=torch.Generator().manual_seed(0))[:images]
+        for i in range(0, images, cfg.data.batch_size):
+            b = idx[i:i + cfg.data.batch_size]
+            tr.step(torch.as_tensor(d.x_train[b.numpy()]), torch.as_tensor(d.y_train[b.numpy()]), b)
+        out[str(scale)] = tr.error(d.x_val[:2000], d.y_val[:2000])
+        print(f"init_scale {scale}: validation error {100 * out[str(scale)]:.1f} % after {images} images", flush=True)
+    return dict(images=images, val_images=2000, val_error=out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/pconv.json"))
+    ap.add_argument("--images", type=int, default=4000)
+    ap.add_argument("--skip-init", action="store_true", help="time the step only")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    result = dict(step=step_times())
+    print(f"step: {result['step']['ms_per_step']['memo_off']:.2f} ms without the memo, "
+          f"{result['step']['ms_per_step']['memo_on']:.2f} ms with it ({result['step']['speedup']:.2f}x)", flush=True)
+    if not args.skip_init:
+        result["init"] = init_scale_start(args.images)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
