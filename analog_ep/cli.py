@@ -97,15 +97,12 @@ def export(
         _fail("give exactly one of --layers, --graph or --checkpoint")
     dmodel = None if diode.strip().lower() == "none" else DiodeModel.parse(diode)
     if checkpoint is not None:
-        from .circuit.builder import input_pairs
-        from .train import load_checkpoint
+        from .models import AnalogCircuit
 
-        trainer = load_checkpoint(checkpoint)
-        circuit = trainer.cc.to_circuit()
+        model = AnalogCircuit.from_checkpoint(checkpoint)
+        circuit = model.to_circuit()
         if inputs is not None:
-            volts = [v * trainer.cfg.circuit.input_voltage for v in _floats(inputs, "--inputs")]
-            plus, minus = input_pairs(len(volts))
-            circuit = circuit.with_sources({**dict(zip(plus, volts)), **dict(zip(minus, [-v for v in volts]))})
+            circuit = model.with_inputs(_floats(inputs, "--inputs"))
     elif layers is not None:
         lo_hi = _floats(g_init, "--g-init")
         if len(lo_hi) != 2:
@@ -182,8 +179,8 @@ def compare(
     """Run a deck in ngspice and in the emulator; compare node by node and time both."""
     import numpy as np
 
-    from .compare import compare as run_compare
     from .spice.parser import read_deck
+    from .studies.compare import compare as run_compare
 
     circuit = read_deck(deck)
     inputs = None
@@ -194,7 +191,9 @@ def compare(
     cmp = run_compare(circuit, inputs, method=method)
     opts = " ".join(f"{k}={v}" for k, v in cmp.options.items())
     if plot is not None:
-        cmp.plot(plot)
+        from .studies.plots import parity_plot, save
+
+        save(parity_plot(cmp), plot)
     if as_json:
         typer.echo(json.dumps(dict(deck=str(deck), max_abs_dv=cmp.max_abs_dv, spice_seconds=cmp.spice_seconds,
                                    emulator_seconds=cmp.emulator_seconds, speedup=cmp.speedup, nodes=len(cmp.nodes),
@@ -210,9 +209,8 @@ def compare(
                f"speed ratio {cmp.speedup:.0f}x")
 
 
-def _device_config(base, preset: Optional[str], settings: list[str], in_the_loop: bool):
-    """The [device] table with a preset and KEY=VALUE overrides from the command line."""
-    import dataclasses
+def _device_settings(settings: list[str]) -> dict:
+    """KEY=VALUE device model overrides from the command line (TOML values: 0.01, 64, true, inf)."""
     import tomllib
 
     extra = {}
@@ -221,11 +219,18 @@ def _device_config(base, preset: Optional[str], settings: list[str], in_the_loop
         if not sep:
             _fail(f"--device-set wants KEY=VALUE, not {item!r}")
         try:
-            extra[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]  # TOML values: 0.01, 64, true, inf
+            extra[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             _fail(f"--device-set {item!r}: the value must be a number or true/false")
+    return extra
+
+
+def _device_config(base, preset: Optional[str], settings: list[str], in_the_loop: bool):
+    """The [device] table with a preset and KEY=VALUE overrides from the command line."""
+    import dataclasses
+
     cfg = dataclasses.replace(base, preset=preset or base.preset, in_the_loop=in_the_loop,
-                              settings={**base.settings, **extra})
+                              settings={**base.settings, **_device_settings(settings)})
     cfg.model()  # validates
     return cfg
 
@@ -245,11 +250,9 @@ def train(
 ):
     """Train a circuit with Equilibrium Propagation in the emulator. Under torchrun, data-parallel
     over the ranks (gloo on CPU, NCCL on CUDA); rank 0 writes the run directory."""
-    from .spice.netlist import save_deck
-    from .train import Config, TrainingError, load_checkpoint
+    from .studies.run import finish_run
+    from .train import Config, Trainer, TrainingError, load_checkpoint
     from .train.distributed import init_from_env
-    from .train.trainer import make_trainer
-    from .train.plots import conductance_histogram, learning_curve
 
     cfg = Config.load(config)
     if epochs is not None:
@@ -266,7 +269,7 @@ def train(
     else:
         if ckpt.exists():
             _fail(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
-        trainer = make_trainer(cfg, device=device, out=out, dist=dist)
+        trainer = Trainer(cfg, device=device, out=out, dist=dist)
     say = typer.echo if dist.is_main else (lambda *a, **k: None)
     say(f"{cfg.name}: {trainer.summary()}; {trainer.data.splits}"
         + (f"; {dist.world} ranks" if dist.active else ""), err=True)
@@ -274,18 +277,9 @@ def train(
         trainer.fit(progress=progress)
     except TrainingError as e:
         _fail(f"{e} (last good checkpoint: {ckpt if ckpt.exists() else 'none'})")
-    test_error = trainer.error(trainer.data.x_test, trainer.data.y_test)
-    if not dist.is_main:
-        return
-    if trainer.history:
-        learning_curve(trainer.history, out / "learning_curve.png")
-    (out / "test.json").write_text(json.dumps(dict(test_error=test_error, n=len(trainer.data.y_test))))
-    wrote = f"{ckpt}, metrics.csv/json and plots"
-    if trainer.cfg.model.kind == "circuit":
-        conductance_histogram({k: trainer.cc.params[k] for k in trainer.keys}, out / "conductances.png",
-                              trainer.cfg.train.g_max)
-        wrote = f"{ckpt}, {save_deck(trainer.cc.to_circuit(), out / 'trained.cir')}, metrics.csv/json and plots"
-    say(f"test error {100 * test_error:.2f} % on {len(trainer.data.y_test)} images; wrote {wrote} in {out}")
+    done = finish_run(trainer, out)
+    say(f"test error {100 * done['test_error']:.2f} % on {done['n']} images; wrote {ckpt}, metrics.csv/json, "
+        f"{', '.join(Path(p).name for p in done['wrote'])} in {out}")
 
 
 @app.command()
@@ -304,46 +298,21 @@ def evaluate(
     """Test error of a trained circuit in the emulator; with --spice N, the proof in ngspice.
     With --device-model, the error when deployed on non-ideal devices (train ideal, deploy
     noisy); a circuit trained in the loop is evaluated on its own devices."""
-    import numpy as np
+    from .studies.evaluate import evaluate_checkpoint
 
-    from .data import load_dataset
-    from .train import load_checkpoint
-    from .train.verify import spice_check
-
-    trainer = load_checkpoint(checkpoint, device=device,
-                              data=None if dataset is None else load_dataset(dataset))
-    d = trainer.data
-    if realisations < 1:
-        _fail("--realisations must be >= 1")
-    devices = None
-    if device_model is not None or device_set:
-        devices = _device_config(trainer.cfg.device, device_model, device_set, in_the_loop=False)
-        errors = trainer.deployed_errors(devices.model(), d.x_test, d.y_test, realisations, seed=devices.seed)
-    elif trainer.devices is not None and trainer.devices.noisy_reads:
-        errors = [trainer.error(d.x_test, d.y_test) for _ in range(realisations)]
-    else:
-        errors = [trainer.error(d.x_test, d.y_test)]
-    test_error = float(np.mean(errors))
-    result = dict(checkpoint=str(checkpoint), dataset=d.name, test_error=test_error, n=len(d.y_test),
-                  epoch=trainer.epoch)
-    if devices is not None or trainer.devices is not None:
-        result.update(test_error_std=float(np.std(errors)), test_errors=errors,
-                      device_preset=(devices or trainer.cfg.device).preset,
-                      device_settings=(devices or trainer.cfg.device).settings,
-                      deployment="deploy-only" if devices is not None else "in-the-loop")
-    if spice > 0:
-        volts = np.asarray(d.x_test[:spice], dtype=np.float64) * trainer.cfg.circuit.input_voltage
-        chk = spice_check(trainer.cc.to_circuit(), volts, d.y_test[:spice])
-        result.update(spice_n=chk.n, spice_agree=chk.agree, max_abs_dv=chk.max_abs_dv,
-                      spice_seconds=chk.spice_seconds, spice_errors=chk.spice_errors)
+    extra = _device_settings(device_set)
+    result = evaluate_checkpoint(checkpoint, dataset=dataset, spice=spice, device=device, deploy_preset=device_model,
+                                 deploy_settings=extra, realisations=realisations)
+    test_error, errors = result["test_error"], result.get("test_errors", [])
     if as_json:
         typer.echo(json.dumps(result))
     else:
         spread = f" ± {100 * result['test_error_std']:.2f} % over {len(errors)} runs ({result['deployment']}, " \
                  f"{result['device_preset']})" if "test_errors" in result else ""
-        typer.echo(f"{d.name} test error {100 * test_error:.2f} %{spread} on {result['n']} images (epoch {trainer.epoch})")
+        typer.echo(f"{result['dataset']} test error {100 * test_error:.2f} %{spread} on {result['n']} images "
+                   f"(epoch {result['epoch']})")
         if spice > 0:
-            typer.echo(f"ngspice agrees with the emulator on {result['spice_agree']}/{spice} digits; "
+            typer.echo(f"ngspice agrees with the emulator on {result['spice_agree']}/{result['spice_n']} digits; "
                        f"max |dV| {result['max_abs_dv']:.2g} V; {result['spice_seconds']:.1f} s in ngspice")
 
 
@@ -363,7 +332,7 @@ def sweep(
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ):
     """Robustness study: test error vs each non-ideality's level, deploy-only and in the loop."""
-    from .train.sweep import parse_vary, run_sweep, write_sweep
+    from .studies.sweep import parse_vary, run_sweep, write_sweep
 
     if realisations < 1 or (loop_realisations is not None and loop_realisations < 1):
         _fail("--realisations and --loop-realisations must be >= 1")
@@ -396,21 +365,13 @@ def gdu(
     """The GDU property (seed 003): EP's per-step updates vs BPTT's gradients, RelMSE per layer.
     T, K and β default to the seed's table 3; overriding them is the seed's way of searching
     hyper-parameters (the processes should coincide)."""
-    from .models import gdu as g
+    from .studies.gdu import run
+    from .studies.plots import gdu_plot, save
 
-    if init_scale <= 0:
-        raise typer.BadParameter(f"init-scale must be > 0, not {init_scale}")
-    net, x, y, settings = g.setup(model, seed=seed, batch=batch, init_scale=init_scale)
-    given = dict(T=free_steps, K=nudged_steps, beta=beta)
-    settings = {**settings, **{k: v for k, v in given.items() if v is not None}}
-    if settings["beta"] <= 0:
-        raise typer.BadParameter(f"beta must be > 0, not {settings['beta']}")
-    if settings["K"] >= settings["T"]:
-        raise typer.BadParameter(f"K ({settings['K']}) must be smaller than T ({settings['T']})")
-    proc = g.processes(net, x, y, **settings)
-    result = dict(model=model, seed=seed, batch=batch, init_scale=init_scale, **settings, **g.report(proc))
+    result, proc = run(model, seed=seed, batch=batch, init_scale=init_scale, T=free_steps, K=nudged_steps, beta=beta)
+    settings = {k: result[k] for k in ("T", "K", "beta")}
     if plot is not None:
-        g.plot(proc, plot)
+        save(gdu_plot(proc), plot)
         result["plot"] = str(plot)
     if as_json:
         typer.echo(json.dumps(result))

@@ -23,7 +23,7 @@ import torch
 
 from analog_ep.models.discrete import ConvPrototypical
 from analog_ep.train import Config
-from analog_ep.train.trainer import make_trainer
+from analog_ep.train import Trainer
 
 
 def step_times(repeats: int = 5, steps: int = 60) -> dict:
@@ -49,7 +49,7 @@ def init_scale_start(images: int) -> dict:
     out = {}
     for scale in (1.0, 0.5):
         cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, init_scale=scale))
-        tr = make_trainer(cfg)
+        tr = Trainer(cfg)
         d = tr.data
         idx = torch.randperm(len(d.y_train), generator=torch.Generator().manual_seed(0))[:images]
         for i in range(0, images, cfg.data.batch_size):

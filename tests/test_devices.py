@@ -13,6 +13,7 @@ from analog_ep.circuit.constants import BOLTZMANN
 from analog_ep.data import load_dataset
 from analog_ep.devices import IDEAL, PRESETS, DeviceArray, DeviceModel
 from analog_ep.emulator import compile_circuit, settle
+from analog_ep.studies.sweep import deployed_errors
 from analog_ep.train import Config, Trainer
 
 G_MAX = 1e-4
@@ -191,7 +192,7 @@ def tiny(device: dict | None = None) -> Trainer:
 def step_and_read(tr: Trainer):
     tr.step(torch.as_tensor(DIGITS.x_train[:32]), torch.as_tensor(DIGITS.y_train[:32]))
     V, _ = tr.predict(DIGITS.x_val[:64])
-    return {k: tr.cc.params[k].detach().clone() for k in tr.keys}, V
+    return {k: tr.params[k].detach().clone() for k in tr.keys}, V
 
 
 def test_every_field_covered_and_presets_valid():
@@ -213,10 +214,10 @@ def test_deploying_on_ideal_devices_is_the_ideal_emulator():
     tr = tiny()
     tr.fit(epochs=1, progress=False)
     x, y = DIGITS.x_test, DIGITS.y_test
-    assert tr.deployed_errors(IDEAL, x, y, realisations=2) == [tr.error(x, y)] * 2
-    noisy = tr.deployed_errors(DeviceModel.build("reram"), x, y, realisations=3)
+    assert deployed_errors(tr, IDEAL, x, y, realisations=2) == [tr.error(x, y)] * 2
+    noisy = deployed_errors(tr, DeviceModel.build("reram"), x, y, realisations=3)
     assert len(set(noisy)) > 1  # realisations differ
-    assert tr.deployed_errors(DeviceModel.build("reram"), x, y, realisations=3) == noisy  # seeded
+    assert deployed_errors(tr, DeviceModel.build("reram"), x, y, realisations=3) == noisy  # seeded
 
 
 def test_device_config_errors():
@@ -244,9 +245,9 @@ def test_in_the_loop_training_resumes_exactly(tmp_path):
     resumed = load_checkpoint(tmp_path / "b", data=DIGITS)
     resumed.fit(epochs=2, progress=False)
     for k in full.keys:
-        assert torch.equal(resumed.cc.params[k], full.cc.params[k])
-    g = torch.cat([full.cc.params[k].reshape(-1) for k in full.keys])
-    assert float(g[g > 0].min()) >= full.devices.g_min  # open devices aside, the on/off ratio holds
+        assert torch.equal(resumed.params[k], full.params[k])
+    g = torch.cat([full.params[k].reshape(-1) for k in full.keys])
+    assert float(g[g > 0].min()) >= full.model.devices.g_min  # open devices aside, the on/off ratio holds
 
 
 def test_cli_evaluate_with_a_device_model(tmp_path):

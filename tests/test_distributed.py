@@ -28,8 +28,8 @@ def test_distributed_two_gloo_ranks_equal_one_process(tmp_path):
     ddp = load_checkpoint(out, data=load_dataset("digits"))
     assert ddp.epoch == 2
     for k in single.keys:  # float64, settles to 1e-11: only the summation order differs
-        torch.testing.assert_close(ddp.cc.params[k], single.cc.params[k], rtol=1e-7, atol=1e-14)
-        assert not torch.equal(single.cc.params[k], Trainer(Config.load(cfg_path)).cc.params[k])  # it trained
+        torch.testing.assert_close(ddp.params[k], single.params[k], rtol=1e-7, atol=1e-14)
+        assert not torch.equal(single.params[k], Trainer(Config.load(cfg_path)).params[k])  # it trained
     assert [m.val_error for m in ddp.history] == [m.val_error for m in single.history]
     for a, b in zip(ddp.history, single.history):
         assert abs(a.train_loss - b.train_loss) <= 1e-9 * b.train_loss

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from analog_ep.models.discrete import ConvPrototypical, EnergyBased, Prototypical, VectorField, layered_pairs, toy_model
-from analog_ep.models.gdu import SETTINGS, processes, rel_mse, report, setup, sign_agreement
+from analog_ep.models.gdu import processes, rel_mse, report, sign_agreement
+from analog_ep.studies.gdu import SETTINGS, setup
 from analog_ep.models.hopfield import HopfieldNet, ParticleCache, rbp_check
 
 
@@ -174,10 +175,10 @@ def test_seed_models_learn_digits(kind, model, nudging):
     gets under 30 % validation error (chance: 90 %): also the convolutional model, C-VF from
     asymmetric weights 45° apart with random-sign nudging, and centred nudging."""
     from analog_ep.data import load_dataset
-    from analog_ep.train.trainer import make_trainer
+    from analog_ep.train import Trainer
 
     d = load_dataset("digits")
-    tr = make_trainer(seed_config(kind, nudging, **model), data=d)
+    tr = Trainer(seed_config(kind, nudging, **model), data=d)
     before = tr.error(d.x_val, d.y_val)
     tr.fit(progress=False)
     assert before > 0.5 and tr.history[-1].val_error < 0.3, (before, [m.val_error for m in tr.history])
@@ -185,11 +186,11 @@ def test_seed_models_learn_digits(kind, model, nudging):
 
 def test_seed_model_init_scale_scales_the_glorot_draw():
     from analog_ep.data import load_dataset
-    from analog_ep.train.trainer import make_trainer
+    from analog_ep.train import Trainer
 
     d = load_dataset("digits")
     for kind in ("hopfield", "p", "p-conv", "vf"):
-        full, half = (make_trainer(seed_config(kind, init_scale=k), data=d).params for k in (1.0, 0.5))
+        full, half = (Trainer(seed_config(kind, init_scale=k), data=d).params for k in (1.0, 0.5))
         assert all(torch.equal(half[k], 0.5 * full[k]) for k in full if k[0] in "WB"), kind
     with pytest.raises(ValueError, match="init_scale"):
         seed_config("p", init_scale=0.0)
@@ -201,12 +202,12 @@ def test_seed_model_resumes_exactly_and_is_refused_where_a_circuit_is_needed(tmp
     from analog_ep.cli import app
     from analog_ep.data import load_dataset
     from analog_ep.train import load_checkpoint
-    from analog_ep.train.trainer import make_trainer
+    from analog_ep.train import Trainer
 
     d = load_dataset("digits")
-    full = make_trainer(seed_config("p"), data=d)
+    full = Trainer(seed_config("p"), data=d)
     full.fit(progress=False)
-    part = make_trainer(seed_config("p"), data=d, out=tmp_path)
+    part = Trainer(seed_config("p"), data=d, out=tmp_path)
     part.fit(epochs=1, progress=False)
     resumed = load_checkpoint(tmp_path, data=d)
     resumed.fit(progress=False)
@@ -216,23 +217,24 @@ def test_seed_model_resumes_exactly_and_is_refused_where_a_circuit_is_needed(tmp
     from analog_ep.train.distributed import Dist
 
     with pytest.raises(ValueError, match="one process only"):  # C-EP's per-step updates are not all-reduced
-        make_trainer(seed_config("p", continual=True), data=d, dist=Dist(rank=0, world=2))
+        Trainer(seed_config("p", continual=True), data=d, dist=Dist(rank=0, world=2))
 
 
 def test_hopfield_training_fills_and_reuses_particles():
     from analog_ep.data import load_dataset
-    from analog_ep.train.trainer import make_trainer
+    from analog_ep.train import Trainer
 
     d = load_dataset("digits")
-    tr = make_trainer(seed_config("hopfield"), data=d)
+    tr = Trainer(seed_config("hopfield"), data=d)
     idx = torch.arange(20)
-    x = tr._x(d.x_train[:20])
+    m = tr.model
+    x = m.as_input(d.x_train[:20])
     tr.step(x, torch.as_tensor(d.y_train[:20]), idx)
-    cached = [t.clone() for t in tr.particles.get(idx)]
-    assert bool(tr.particles.visited[:20].all()) and not bool(tr.particles.visited[20:].any())
-    tr.cfg.model.free_steps = 1  # one more step from the cached state, not from zero
-    s = tr._free(x, idx)
-    expect = tr.net.relax(x, cached, 1, tr.cfg.model.eps)
+    cached = [t.clone() for t in m.particles.get(idx)]
+    assert bool(m.particles.visited[:20].all()) and not bool(m.particles.visited[20:].any())
+    m.free_steps = 1  # one more step from the cached state, not from zero
+    s = m._free(x, idx=idx)
+    expect = m.net.relax(x, cached, 1, m.eps)
     assert all(torch.equal(a, b) for a, b in zip(s, expect))
 
 
@@ -325,16 +327,16 @@ def test_signed_and_centred_nudging_of_the_seed_models():
     (measured: 0.3-2.3 % apart at β = 0.01 on the EB model; the free phase must have converged,
     or its drift, divided by ±β, dominates); C-EP refuses the centred mode (its weights move during the one nudged phase)."""
     from analog_ep.data import load_dataset
-    from analog_ep.train.trainer import make_trainer
+    from analog_ep.train import Trainer
 
     d = load_dataset("digits")
     x, labels = torch.as_tensor(d.x_train[:20]), torch.as_tensor(d.y_train[:20])
     grads = {}
     for mode in ("positive", "random", "centered"):
-        tr = make_trainer(seed_config("eb", mode, free_steps=300), data=d)  # a converged free phase
-        tr.cfg.train.beta = 0.01
+        m = Trainer(seed_config("eb", mode, free_steps=300), data=d).model  # a converged free phase
         sign = torch.tensor([1, -1] * 10) if mode == "random" else None
-        grads[mode] = tr.ep(tr._x(x), labels, sign, None)[0]
+        m.ep_step(x, labels, beta=0.01, sign=sign)
+        grads[mode] = {k: p.grad for k, p in m.trainable().items()}
     for mode in ("random", "centered"):
         for k, g in grads["positive"].items():
             assert not torch.equal(grads[mode][k], g)

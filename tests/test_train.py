@@ -80,7 +80,7 @@ def test_training_learns_and_conductances_stay_in_range():
     after = tr.history[-1].val_error
     assert before > 0.5 and after < 0.25, (before, after)
     for k in tr.keys:
-        g = tr.cc.params[k]
+        g = tr.params[k]
         assert float(g.min()) >= cfg.train.g_min and float(g.max()) <= cfg.train.g_max
 
 
@@ -94,7 +94,7 @@ def test_kill_and_resume_gives_the_same_run(tmp_path):
     assert resumed.epoch == 1
     resumed.fit(progress=False)
     for k in full.keys:
-        torch.testing.assert_close(resumed.cc.params[k], full.cc.params[k], rtol=0, atol=0)
+        torch.testing.assert_close(resumed.params[k], full.params[k], rtol=0, atol=0)
     assert [m.val_error for m in resumed.history] == [m.val_error for m in full.history]
     assert [m.train_loss for m in resumed.history] == [m.train_loss for m in full.history]
 
@@ -112,7 +112,7 @@ def test_lr_decay_schedule_and_extending_a_run_on_resume(tmp_path):
     resumed.cfg = resumed.cfg.resumable_with(tiny_config(**sched))
     resumed.fit(progress=False)
     for k in full.keys:
-        torch.testing.assert_close(resumed.cc.params[k], full.cc.params[k], rtol=0, atol=0)
+        torch.testing.assert_close(resumed.params[k], full.params[k], rtol=0, atol=0)
     with pytest.raises(ValueError, match="train.beta"):
         resumed.cfg.resumable_with(tiny_config(beta=1e-5))
 

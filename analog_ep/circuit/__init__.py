@@ -1,4 +1,9 @@
-"""The Circuit IR and the builders that make Circuits from layer specs and graphs."""
+"""The Circuit IR (nodes, element groups, roles; immutable, numpy only), the builders that make
+Circuits from layer specs and networkx graphs, rewrites (series resistance, Norton folding) and
+physical constants.
+
+May import: numpy, networkx. No other analog_ep package and no torch.
+"""
 from .builder import DiodeModel, from_graph, layered, parse_layers
 from .ir import (GROUND, Amplifiers, Circuit, CircuitError, Conductances, CurrentSources, Diodes, Nudges, Role,
                  VoltageSources)

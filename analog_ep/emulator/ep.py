@@ -15,9 +15,8 @@ import torch
 
 from .compiled import Compiled
 from .energy import cost, energy
+from .nudging import check_nudging, ep_estimate
 from .settle import SettleResult, _assemble, _hessian, settle
-
-MODES = ("positive", "centered", "random")
 
 
 @dataclass
@@ -97,40 +96,24 @@ def ep_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, beta: float
                 free: SettleResult | None = None, sign: torch.Tensor | None = None,
                 view: Callable[[], Compiled] | None = None, measure: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 **settle_kw) -> EPResult:
-    """EP estimate of d(mean cost)/dθ. ``mode``: "positive" (+β), "centered" (±β) or "random"
-    (one-sided with a random sign per sample: ``sign`` (B,) of ±1, else drawn from
-    ``generator``). The nudged phases start from the free state.
+    """EP estimate of d(mean cost)/dθ (:func:`analog_ep.emulator.nudging.ep_estimate`). ``mode``:
+    "positive" (+β), "centered" (±β) or "random" (one-sided with a random sign per sample:
+    ``sign`` (B,) of ±1, else drawn from ``generator``). The nudged phases start from the free
+    state.
 
     Hardware hooks (device models): ``view()`` gives the circuit each phase settles (e.g. with
     fresh read noise), ``measure(s)`` what the learning rule reads of the settled voltages."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    if beta <= 0:
-        raise ValueError("beta must be > 0 (the sign is chosen by mode)")
+    check_nudging(mode, beta)
     keys = list(cc.trainable) if keys is None else list(keys)
     u = torch.as_tensor(u, dtype=cc.dtype, device=cc.device)
     target = torch.as_tensor(target, dtype=cc.dtype, device=cc.device).reshape(u.shape[0], -1)
-    B = u.shape[0]
     view = view or (lambda: cc)
     measure = measure or (lambda s: s)
     free = settle(view(), u, **settle_kw) if free is None else free
-    if mode == "centered":
-        betas = [torch.full((B,), beta, dtype=cc.dtype), torch.full((B,), -beta, dtype=cc.dtype)]
-    elif mode == "positive":
-        betas = [torch.full((B,), beta, dtype=cc.dtype)]
-    else:
-        if sign is None:
-            sign = torch.randint(0, 2, (B,), generator=generator) * 2 - 1
-        betas = [beta * sign.to(cc.dtype)]
-    betas = [b.to(cc.device) for b in betas]
-    nudged = [settle(view(), u, beta=b, target=target, s0=free.s, **settle_kw) for b in betas]
-    if mode == "centered":
-        terms = [(1.0 / (2 * beta * B), measure(nudged[0].s), nudged[0].cc),
-                 (-1.0 / (2 * beta * B), measure(nudged[1].s), nudged[1].cc)]
-    else:
-        w = 1.0 / (betas[0] * B)
-        terms = [(w, measure(nudged[0].s), nudged[0].cc), (-w, measure(free.s), free.cc)]
-    grads = _param_grads(cc, keys, terms, u)
+    nudge = lambda b: settle(view(), u, beta=b, target=target, s0=free.s, **settle_kw)
+    difference = lambda a, b, w: _param_grads(cc, keys, [(w, measure(b.s), b.cc), (-w, measure(a.s), a.cc)], u)
+    grads, nudged = ep_estimate(free, nudge, difference, mode=mode, beta=beta, batch=u.shape[0], sign=sign,
+                                generator=generator, dtype=cc.dtype, device=cc.device)
     return EPResult(grads, free, nudged, cost(cc, free.V, target))
 
 

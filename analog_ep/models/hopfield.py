@@ -96,16 +96,26 @@ class HopfieldNet:
 
 class ParticleCache:
     """Persistent particles (seed 000 §5.2): the free-phase state of every training example,
-    reused to start that example's next free phase (zeros before its first visit)."""
+    reused to start that example's next free phase (zeros before its first visit). It grows to
+    the largest example index it is given."""
 
-    def __init__(self, net: HopfieldNet, n_examples: int):
+    def __init__(self, net: HopfieldNet, n_examples: int = 0):
         self.state = [torch.zeros(n_examples, n, dtype=net.dtype, device=net.device) for n in net.sizes[1:]]
         self.visited = torch.zeros(n_examples, dtype=torch.bool)
 
+    def _grow(self, idx: torch.Tensor) -> None:
+        need = int(idx.max()) + 1 if idx.numel() else 0
+        if need > len(self.visited):
+            extra = need - len(self.visited)
+            self.state = [torch.cat([t, t.new_zeros(extra, t.shape[1])]) for t in self.state]
+            self.visited = torch.cat([self.visited, torch.zeros(extra, dtype=torch.bool)])
+
     def get(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        self._grow(idx)
         return [t[idx].clone() for t in self.state]
 
     def put(self, idx: torch.Tensor, s: list[torch.Tensor]) -> None:
+        self._grow(idx)
         for t, v in zip(self.state, s):
             t[idx] = v.detach()
         self.visited[idx] = True

@@ -1,4 +1,8 @@
-"""SPICE side: deck export, validated deck import, ngspice runner, PySpice bridge."""
+"""SPICE side: deck export, validated deck import, the ngspice runner (``ngspice -b`` in a
+subprocess), the PySpice bridge and SI-number parsing.
+
+May import: ``circuit``. Never torch-based layers.
+"""
 from .netlist import DEFAULT_OPTIONS, save_deck, write_deck
 from .parser import NetlistError, parse_deck, read_deck
 from .ngspice import OperatingPoint, SpiceError, run_op

@@ -1,6 +1,9 @@
-"""EP training of analog circuits in the emulator: configs, the trainer, checkpoints, plots,
-and verification of trained circuits in ngspice."""
-from .config import Config
-from .trainer import Trainer, TrainingError, build_circuit, load_checkpoint
+"""EP training of any :class:`~analog_ep.models.EPModel`: TOML configs, the trainer (optimiser,
+schedule, loop, metrics, checkpoints that resume exactly), data-parallel ranks and plots.
 
-__all__ = ["Config", "Trainer", "TrainingError", "build_circuit", "load_checkpoint"]
+May import: ``circuit``, ``data``, ``emulator``, ``devices``, ``models``. Never ``studies`` or ``cli``.
+"""
+from .config import Config
+from .trainer import Trainer, TrainingError, load_checkpoint
+
+__all__ = ["Config", "Trainer", "TrainingError", "load_checkpoint"]

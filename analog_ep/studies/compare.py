@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .circuit.ir import Circuit, Role
-from .circuit.transforms import fold_sources
-from .emulator import compile_circuit, settle
-from .spice.netlist import deck_options
-from .spice.ngspice import run_op_many
-from .spice.units import parse_value
+from ..circuit.ir import Circuit, Role
+from ..circuit.transforms import fold_sources
+from ..emulator import compile_circuit, settle
+from ..spice.netlist import deck_options
+from ..spice.ngspice import run_op_many
+from ..spice.units import parse_value
 
 
 @dataclass
@@ -50,24 +49,6 @@ class Comparison:
             lines.append(f"{self.nodes[j]:>16s} {self.spice[k[j], j]: 18.12g} {self.emulator[k[j], j]: 18.12g} "
                          f"{worst[j]:10.3g}")
         return "\n".join(lines)
-
-    def plot(self, path: str | Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.scatter(self.spice.ravel(), self.emulator.ravel(), s=6)
-        lo, hi = float(self.spice.min()), float(self.spice.max())
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlabel("ngspice node voltage (V)")
-        ax.set_ylabel("emulator node voltage (V)")
-        ax.set_title(f"max |dV| = {self.max_abs_dv:.2g} V")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return Path(path)
 
 
 def input_sources(circuit: Circuit) -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..circuit.builder import input_pairs
 from ..circuit.ir import Diodes, Role
-from ..compare import compare, input_sources
+from .compare import compare, input_sources
 
 
 @dataclass

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..devices import DeviceModel
-from .trainer import load_checkpoint
+from ..models import AnalogCircuit
+from ..train import Trainer, load_checkpoint
+from .plots import save, sweep_plot
 
 
 @dataclass
@@ -28,6 +30,26 @@ class SweepRow:
     error_mean: float
     error_std: float
     errors: list[float]
+
+
+def deployed_errors(trainer: Trainer, model: DeviceModel, x, y, realisations: int = 5, seed: int = 0) -> list[float]:
+    """Error on (x, y) of a trained circuit's conductances programmed into ``realisations``
+    fresh realisations of ``model`` (train ideal, deploy on devices); the circuit is left as it
+    was (its conductances and its own devices)."""
+    circuit = trainer.model
+    if not isinstance(circuit, AnalogCircuit):
+        raise ValueError("device models apply to circuits only (model.kind = 'circuit')")
+    trained = {k: p.detach().clone() for k, p in circuit.trainable().items()}
+    own = circuit.devices
+    try:
+        errors = []
+        for r in range(realisations):
+            circuit.attach_devices(model, seed + r)
+            errors.append(trainer.error(x, y))
+        return errors
+    finally:
+        circuit.load_trainable(trained)
+        circuit.devices = own
 
 
 def parse_vary(items: list[str]) -> dict[str, list[float]]:
@@ -65,7 +87,7 @@ def run_sweep(checkpoint: str | Path, vary: dict[str, list[float]], *, preset: s
     x, y = d.x_test[:n], d.y_test[:n]
     rows = []
     for (field, level), model in models.items():
-        errors = ref.deployed_errors(model, x, y, realisations, seed=seed)
+        errors = deployed_errors(ref, model, x, y, realisations, seed=seed)
         rows.append(SweepRow(field, level, "deploy-only", float(np.mean(errors)), float(np.std(errors)), errors))
         if progress:
             progress(rows[-1])
@@ -76,7 +98,7 @@ def run_sweep(checkpoint: str | Path, vary: dict[str, list[float]], *, preset: s
             tuned = load_checkpoint(checkpoint, device=device, data=d)
             tuned.out = None
             tuned.cfg.data.train_subset = train_subset
-            tuned.use_devices(model, seed + r)
+            tuned.model.attach_devices(model, seed + r)
             tuned.fit(epochs=tuned.epoch + loop_epochs, progress=False)
             errors.append(tuned.error(x, y))
         rows.append(SweepRow(field, level, "in-the-loop", float(np.mean(errors)), float(np.std(errors)), errors))
@@ -87,8 +109,6 @@ def run_sweep(checkpoint: str | Path, vary: dict[str, list[float]], *, preset: s
 
 def write_sweep(rows: list[SweepRow], out: Path, meta: dict) -> dict[str, Path]:
     """sweep.csv, sweep.json, sweep.md (a table) and sweep.png (error vs level per field)."""
-    from .plots import sweep_plot
-
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / f"sweep.{k}" for k in ("csv", "json", "md", "png")}
     with paths["csv"].open("w", newline="") as f:
@@ -103,5 +123,5 @@ def write_sweep(rows: list[SweepRow], out: Path, meta: dict) -> dict[str, Path]:
                 if (r.field, r.level) == (field, level)}
         lines.append(f"| {field} | {level:g} | {cell.get('deploy-only', '—')} | {cell.get('in-the-loop', '—')} |")
     paths["md"].write_text("\n".join(lines) + "\n")
-    sweep_plot(rows, paths["png"])
+    save(sweep_plot(rows), paths["png"])
     return paths

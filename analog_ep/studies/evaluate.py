@@ -1,0 +1,59 @@
+"""Evaluating a trained checkpoint: test error in the emulator (on its own devices when trained
+in the loop, or deployed on a device model), and the same digits through ngspice."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data import load_dataset
+from ..devices import DeviceModel
+from ..models import AnalogCircuit
+from ..train import load_checkpoint
+from .sweep import deployed_errors
+from .verify import spice_check
+
+
+def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, spice: int = 0, device: str = "cpu",
+                        deploy_preset: str | None = None, deploy_settings: dict | None = None,
+                        realisations: int = 5) -> dict:
+    """Test error of a checkpoint, as a JSON-ready dict. ``deploy_preset``/``deploy_settings``:
+    program the trained conductances into ``realisations`` realisations of that device model
+    (the checkpoint's ``[device]`` preset, settings and seed, replaced by those given; mean and
+    spread);
+    a circuit trained in the loop with noisy reads is evaluated ``realisations`` times on its
+    own devices. ``spice``: run the first N test digits through ngspice (Norton-folded decks)."""
+    if realisations < 1:
+        raise ValueError("realisations must be >= 1")
+    trainer = load_checkpoint(checkpoint, device=device, data=None if dataset is None else load_dataset(dataset))
+    d, model = trainer.data, trainer.model
+    circuit = model if isinstance(model, AnalogCircuit) else None
+    dev = trainer.cfg.device
+    deploy = None
+    if deploy_preset is not None or deploy_settings:
+        preset, settings = deploy_preset or dev.preset, {**dev.settings, **(deploy_settings or {})}
+        deploy = DeviceModel.build(preset, **settings)
+    if (deploy is not None or spice) and circuit is None:
+        raise ValueError(f"a {trainer.cfg.model.kind!r} model is not a circuit: it has no netlist, SPICE check "
+                         "or device model")
+    if deploy is not None:
+        errors = deployed_errors(trainer, deploy, d.x_test, d.y_test, realisations, seed=dev.seed)
+    elif circuit is not None and circuit.devices is not None and circuit.devices.noisy_reads:
+        errors = [trainer.error(d.x_test, d.y_test) for _ in range(realisations)]
+    else:
+        errors = [trainer.error(d.x_test, d.y_test)]
+    result = dict(checkpoint=str(checkpoint), dataset=d.name, test_error=float(np.mean(errors)), n=len(d.y_test),
+                  epoch=trainer.epoch)
+    if deploy is not None or (circuit is not None and circuit.devices is not None):
+        result.update(test_error_std=float(np.std(errors)), test_errors=errors,
+                      device_model=(deploy or circuit.devices.model).changed(),
+                      device_preset=preset if deploy is not None else dev.preset,
+                      device_settings=settings if deploy is not None else dev.settings,
+                      deployment="deploy-only" if deploy is not None else "in-the-loop")
+    if spice > 0:
+        n = min(spice, len(d.y_test))
+        chk = spice_check(circuit.to_circuit(), np.asarray(d.x_test[:n], dtype=np.float64) * circuit.input_voltage,
+                          d.y_test[:n])
+        result.update(spice_n=chk.n, spice_agree=chk.agree, max_abs_dv=chk.max_abs_dv,
+                      spice_seconds=chk.spice_seconds, spice_errors=chk.spice_errors)
+    return result

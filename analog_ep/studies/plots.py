@@ -1,0 +1,104 @@
+"""Figures of the studies: learning curves, conductance histograms, robustness sweeps, SPICE
+parity and GDU processes. Each function draws on ``ax`` (or a new figure) and returns the
+``Figure``; it never touches matplotlib's global backend or pyplot state, so notebooks keep
+theirs. The caller saves it (``fig.savefig(path)``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+
+def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=size)
+    return fig, fig.add_subplot()
+
+
+def save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write a figure (format from the suffix) and return the path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    return Path(path)
+
+
+def learning_curve(history, ax: Axes | None = None) -> Figure:
+    """Training (during the epoch) and validation error per epoch, percent, log scale."""
+    fig, ax = _axes(ax, (5.5, 3.8))
+    epochs = [m.epoch for m in history]
+    ax.plot(epochs, [100 * m.train_error for m in history], "o-", label="train (during epoch)")
+    ax.plot(epochs, [100 * m.val_error for m in history], "s-", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("error (%)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def conductance_histogram(params: dict, g_max: float) -> Figure:
+    """One histogram of conductances (µS, over [0, g_max]) per trainable group."""
+    keys = sorted(params)
+    fig = Figure(figsize=(2.2 * len(keys), 2.6))
+    for i, k in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        g = params[k].detach().cpu().numpy().ravel() * 1e6
+        ax.hist(g, bins=40, range=(0, g_max * 1e6))
+        ax.set_title(k.split(":")[-1], fontsize=9)
+        ax.set_xlabel("g (µS)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    return fig
+
+
+def sweep_plot(rows) -> Figure:
+    """Test error vs level, one panel per non-ideality, deploy-only and in-the-loop lines."""
+    fields = list(dict.fromkeys(r.field for r in rows))
+    fig = Figure(figsize=(3.2 * len(fields), 3.0))
+    axes = [fig.add_subplot(1, len(fields), i + 1) for i in range(len(fields))]
+    for ax, field in zip(axes, fields):
+        for mode, marker in (("deploy-only", "o-"), ("in-the-loop", "s--")):
+            pts = [r for r in rows if r.field == field and r.mode == mode]
+            if pts:
+                ax.errorbar([r.level for r in pts], [100 * r.error_mean for r in pts],
+                            yerr=[100 * r.error_std for r in pts], fmt=marker, capsize=3, label=mode)
+        ax.set_title(field, fontsize=9)
+        ax.set_xlabel("level", fontsize=8)
+        ax.set_ylabel("test error (%)", fontsize=8)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def parity_plot(cmp, ax: Axes | None = None) -> Figure:
+    """Emulator vs ngspice node voltages (V) of a :class:`~analog_ep.studies.compare.Comparison`."""
+    fig, ax = _axes(ax, (5, 5))
+    ax.scatter(cmp.spice.ravel(), cmp.emulator.ravel(), s=6)
+    lo, hi = float(cmp.spice.min()), float(cmp.spice.max())
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel("ngspice node voltage (V)")
+    ax.set_ylabel("emulator node voltage (V)")
+    ax.set_title(f"max |dV| = {cmp.max_abs_dv:.2g} V")
+    return fig
+
+
+def gdu_plot(p, n_traces: int = 4) -> Figure:
+    """ΔEP (solid) vs −∇BPTT (dashed) for a few elements of each layer, as seed 003's figures."""
+    names = list(p.ep)
+    fig = Figure(figsize=(3.0 * len(names), 2.8))
+    for j, name in enumerate(names):
+        ax = fig.add_subplot(1, len(names), j + 1)
+        ep, bp = p.ep[name].reshape(p.ep[name].shape[0], -1), p.bptt[name].reshape(p.bptt[name].shape[0], -1)
+        idx = torch.argsort(bp.abs().amax(0), descending=True)[:n_traces]
+        for c, i in enumerate(idx.tolist()):
+            ax.plot(ep[:, i].cpu(), color=f"C{c}", lw=1.5)
+            ax.plot(bp[:, i].cpu(), color=f"C{c}", ls="--", lw=1.5)
+        ax.set_title(f"{name}: ΔEP (—) vs −∇BPTT (--)", fontsize=8)
+        ax.set_xlabel("t", fontsize=8)
+        ax.tick_params(labelsize=7)
+    return fig
