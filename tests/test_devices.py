@@ -148,7 +148,8 @@ def test_diode_series_resistance_spread():
     ratios = torch.cat([torch.log(cc.params[k] / arr.hardware.params[k]) for k in keys])
     assert len(ratios) >= 60 and rel(float(ratios.std()), 0.2) < 0.25
     assert DeviceArray(DeviceModel(), cc, list(cc.trainable), G_MAX).hardware.params[keys[0]] is cc.params[keys[0]]
-    res = settle(arr.view(), x=torch.rand(2, 20, dtype=torch.float64), method="newton", rtol=1e-9)
+    hw = arr.view()
+    res = settle(hw, hw.inputs_to_sources(torch.rand(2, 20, dtype=torch.float64)), method="newton", rtol=1e-9)
     assert res.converged
 
 

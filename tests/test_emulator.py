@@ -95,16 +95,16 @@ def test_batched_inputs_match_single_settles():
     c = layered("6,5,3", seed=0, g_init=(1e-6, 1e-4))
     cc = compile_circuit(c)
     x = torch.rand(4, 6, dtype=torch.float64)
-    batched = settle(cc, x=x)
+    batched = settle(cc, cc.inputs_to_sources(x))
     for k in range(4):
-        single = settle(cc, x=x[k:k + 1])
+        single = settle(cc, cc.inputs_to_sources(x[k:k + 1]))
         torch.testing.assert_close(batched.s[k], single.s[0], rtol=0, atol=1e-12)
 
 
 def test_ideal_clamps_bound_the_nodes():
     c = layered("8,6,3", seed=0, g_init=(1e-6, 1e-4), diode=DiodeModel(ideal=True), clamp=(0.0, 0.05))
     cc = compile_circuit(c)
-    res = settle(cc, x=torch.rand(5, 8, dtype=torch.float64))
+    res = settle(cc, cc.inputs_to_sources(torch.rand(5, 8, dtype=torch.float64)))
     hidden = [cc.free.index(i) for i in c.nodes_with_role(Role.HIDDEN) + c.nodes_with_role(Role.OUTPUT)]
     s = res.s[:, hidden]
     assert res.converged and bool((s >= -1e-12).all() and (s <= 0.05 + 1e-12).all())
@@ -132,8 +132,9 @@ def test_floating_node_is_refused():
 def test_float32_settle_close_to_float64():
     c = layered("20,10,4", seed=1, g_init=(1e-6, 1e-4), amplifier_gain=2.0)
     x = torch.rand(3, 20, dtype=torch.float64)
-    a = settle(compile_circuit(c), x=x)
-    b = settle(compile_circuit(c, dtype=torch.float32), x=x.float())
+    cc64, cc32 = compile_circuit(c), compile_circuit(c, dtype=torch.float32)
+    a = settle(cc64, cc64.inputs_to_sources(x))
+    b = settle(cc32, cc32.inputs_to_sources(x.float()))
     assert b.s.dtype == torch.float32 and b.converged
     assert float((a.s - b.s.double()).abs().max()) < 1e-4
 
@@ -143,9 +144,9 @@ def test_transient_reaches_the_operating_point():
     cc = compile_circuit(c)
     ref = settle(cc)
     # time constant C / G ~ 1e-12 F / 1e-4 S = 10 ns; 2 us is ~200 time constants
-    res = settle(cc, method="transient", dt=1e-9, duration=2e-6, capacitance=1e-12, on_fail="ignore")
+    res = settle(cc, method="transient", options=dict(dt=1e-9, duration=2e-6, capacitance=1e-12), on_fail="ignore")
     assert float((res.s - ref.s).abs().max()) < 1e-7
-    short = settle(cc, method="transient", dt=1e-9, duration=2e-9, capacitance=1e-12, on_fail="ignore")
+    short = settle(cc, method="transient", options=dict(dt=1e-9, duration=2e-9, capacitance=1e-12), on_fail="ignore")
     assert not short.converged and short.rel_residual > 1e-3  # finite settling time is visible
 
 
@@ -158,8 +159,8 @@ def test_johnson_noise_gives_kT_over_C():
     gen = torch.Generator().manual_seed(0)
     batch = 4000
     u = ref.u.expand(batch, -1)
-    res = settle(cc, u, s0=ref.s, method="transient", dt=5e-14, duration=3e-11, capacitance=C,
-                 temperature=T, generator=gen, on_fail="ignore")
+    res = settle(cc, u, s0=ref.s, method="transient", on_fail="ignore",
+                 options=dict(dt=5e-14, duration=3e-11, capacitance=C, temperature=T, generator=gen))
     var = res.s.var(0)
     expected = BOLTZMANN * T / C
     np.testing.assert_allclose(var.numpy(), expected, rtol=0.1)  # 4000 samples: ~2 % sampling error
@@ -170,9 +171,23 @@ def test_operator_cache_follows_parameter_updates():
     c = layered("6,5,3", seed=0, g_init=(1e-6, 1e-4))
     cc = compile_circuit(c)
     x = torch.rand(2, 6, dtype=torch.float64)
-    settle(cc, x=x)
+    settle(cc, cc.inputs_to_sources(x))
     cc.params["g:w1p"].mul_(3.0)  # in place, as an optimizer step does
     cc.params["g:w2n"] = cc.params["g:w2n"] * 0.5  # a new tensor
     fresh = compile_circuit(c.with_conductances({"w1p": c.group(Conductances, "w1p").g * 3.0,
                                                  "w2n": c.group(Conductances, "w2n").g * 0.5}))
-    torch.testing.assert_close(settle(cc, x=x).s, settle(fresh, x=x).s, rtol=0, atol=1e-12)
+    updated, rebuilt = settle(cc, cc.inputs_to_sources(x)), settle(fresh, fresh.inputs_to_sources(x))
+    torch.testing.assert_close(updated.s, rebuilt.s, rtol=0, atol=1e-12)
+
+
+def test_solver_options_are_checked_per_method():
+    """An option the method does not have, or a required one left out, is a ValueError that
+    names the method and its valid options; an unknown method names the registered ones."""
+    cc = compile_circuit(layered("4,3,2", seed=0, g_init=(1e-6, 1e-4)))
+    with pytest.raises(ValueError, match=r"method 'bcd': unknown option\(s\) dt; valid options: check_every, inner"):
+        settle(cc, method="bcd", options={"dt": 1e-9})
+    with pytest.raises(ValueError, match=r"method 'transient' needs option\(s\) duration; valid options: .*temperature"):
+        settle(cc, method="transient", options={"dt": 1e-9})
+    with pytest.raises(ValueError, match="unknown method 'cg': use one of bcd, newton, transient"):
+        settle(cc, method="cg")
+    assert settle(cc, method="bcd", options={"inner": 2, "check_every": 5}).converged

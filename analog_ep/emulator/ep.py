@@ -16,7 +16,8 @@ import torch
 from .compiled import Compiled
 from .energy import cost, energy
 from .nudging import check_nudging, ep_estimate
-from .settle import SettleResult, _assemble, _hessian, settle
+from .operators import assemble, hessian
+from .settle import SettleResult, settle
 
 
 @dataclass
@@ -130,7 +131,7 @@ def equilibrium_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, *,
     s = free.s.detach().clone().requires_grad_(True)
     (dL_ds,) = torch.autograd.grad(cost(cc, cc.voltages(s, u), target).sum() / B, s)
     with torch.no_grad():
-        H = _hessian(_assemble(cc, u, 0.0, None), free.s)
+        H = hessian(assemble(cc, u), free.s)
         lam = torch.linalg.solve(H, dL_ds.unsqueeze(-1)).squeeze(-1)
     leaves, uu = _leaves(cc, keys, u)
     (dE_ds,) = torch.autograd.grad(energy(cc, s, uu, params=leaves).sum(), s, create_graph=True)

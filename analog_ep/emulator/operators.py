@@ -1,0 +1,386 @@
+"""The operator layer of the settle: the co-content energy E(s) of a compiled circuit split into
+what the solvers apply.
+
+E(s) = ½ sᵀ(diag D − M)s − f·s + Σ_diodes ∫ I(v) dv (+ the ideal clamps' bounds), with s the free
+node voltages (V), D the total conductance seen by each free node (S), M the positive couplings
+between free nodes (S), f the current the sources push into each free node (A) and I(v) the
+diode I–V curve. Its gradient is the KCL residual r = ∂E/∂s (A), its Hessian D − M + Σ κκᵀ I′(v)
+(S).
+
+* ``static_operators(cc)``: the parameter-only part, cached on the compiled circuit until a
+  parameter tensor changes (an optimizer step bumps its version).
+* ``assemble(cc, u, beta, target) -> Operators``: the operators for one batch of sources u (V)
+  and an optional EP nudge (β in S towards the target voltages, V).
+* ``residual``, ``hessian``, ``inflow``, ``diode_iv``: what the solvers and EP evaluate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .compiled import Compiled
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+_EXP_MAX = 40.0  # diode exponent beyond which the I-V curve is continued linearly in Newton
+
+
+@dataclass
+class Incidences:
+    """Diode terminals on free roots: diode d's voltage (V) depends on s[root] with coefficient
+    κ (dimensionless: ±gain of the terminal)."""
+
+    d: torch.Tensor
+    root: torch.Tensor
+    kap: torch.Tensor
+    loc: torch.Tensor | None = None  # position of root within a colour (per-colour subsets only)
+
+    def subset(self, mask: torch.Tensor, pos: torch.Tensor | None = None) -> "Incidences":
+        """The incidences selected by ``mask``; with ``pos`` (a colour's root positions), their
+        positions within that colour."""
+        root = self.root[mask]
+        return Incidences(self.d[mask], root, self.kap[mask], None if pos is None else pos[root])
+
+
+@dataclass
+class DiodeSet:
+    """All diodes of a settle, concatenated: parameters, the part of each diode voltage fixed
+    by the sources (constant during the settle) and the incidences on free roots, overall
+    and per colour (Shockley and ideal apart), so sweeps never gather every node voltage."""
+
+    IS: torch.Tensor  # saturation current, A
+    nvt: torch.Tensor  # N·V_T, V
+    vcrit: torch.Tensor  # n V_T ln(n V_T / (√2 IS)), V: above it Newton steps are limited, as in SPICE
+    ideal: torch.Tensor  # (n_d,) bool
+    v_fixed: torch.Tensor  # (B, n_d), V
+    inc: Incidences
+    shock: Incidences
+    clamps: Incidences
+    by_colour: list[tuple[Incidences, Incidences]]  # (Shockley, ideal) incidences of each colour
+
+    def voltages(self, s: torch.Tensor) -> torch.Tensor:
+        """Diode voltages (B, n_d), V, at free voltages s (B, n_free), V."""
+        return self.v_fixed.index_add(1, self.inc.d, self.inc.kap * s[:, self.inc.root])
+
+
+@dataclass
+class Coupling:
+    """M: the positive couplings (S) between free roots, M s being the current (A) each root
+    receives from the other free roots — sparse entries plus dense blocks between two free
+    layers."""
+
+    csr: torch.Tensor  # sparse CSR (n_free, n_free)
+    csr_rows: list[torch.Tensor]  # per colour: its CSR rows
+    dense: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (row roots, column roots, W)
+    positions: list[torch.Tensor]  # per colour: position of each root within it (−1: other colours)
+
+    def __matmul__(self, s: torch.Tensor) -> torch.Tensor:
+        """M s (A) for a batch s (B, n_free) of voltages (V)."""
+        out = (self.csr @ s.T).T
+        for ra, rb, W in self.dense:
+            out = out.index_add(1, ra, s[:, rb] @ W.T).index_add(1, rb, s[:, ra] @ W)
+        return out
+
+    def rows(self, c: int, s: torch.Tensor) -> torch.Tensor:
+        """The rows of M s (A) that belong to colour c."""
+        out = (self.csr_rows[c] @ s.T).T
+        pos = self.positions[c]
+        for ra, rb, W in self.dense:
+            if int(pos[ra[0]]) >= 0:
+                out = out.index_add(1, pos[ra], s[:, rb] @ W.T)
+            elif int(pos[rb[0]]) >= 0:
+                out = out.index_add(1, pos[rb], s[:, ra] @ W)
+        return out
+
+    def to_dense(self) -> torch.Tensor:
+        """M as a dense (n_free, n_free) matrix, S."""
+        M = self.csr.to_dense()
+        for ra, rb, W in self.dense:
+            M = M.index_put((ra[:, None], rb[None, :]), W, accumulate=True)
+            M = M.index_put((rb[:, None], ra[None, :]), W.T, accumulate=True)
+        return M
+
+
+@dataclass
+class StaticOperators:
+    """The parts of the operators that depend on the parameters only: built once and reused
+    by every settle until a parameter tensor changes (training updates bump its version)."""
+
+    D: torch.Tensor  # (n_free,) total conductance seen by each free root, S
+    D_fix: torch.Tensor  # (n_free,) its part towards fixed nodes (Johnson noise), S
+    K: torch.Tensor  # (n_src + 1, n_free), S: f_fixed = [u | 0] @ K + f_const
+    f_const: torch.Tensor  # (n_free,) injected currents, A
+    M: Coupling
+    ff: Callable[[], tuple]  # (ra, rb, γa, γb, g) of free-free elements, for Johnson noise (built on demand)
+    dio: DiodeSet  # with an empty v_fixed
+    dio_fixed: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (diode, ext index, κ) of fixed terminals
+    gain: torch.Tensor
+    offset: torch.Tensor | None  # node offsets (V) from amplifier offset voltages (device models)
+    dio_offset: torch.Tensor | None  # their part of each diode's voltage, V
+
+
+@dataclass
+class Operators:
+    """The energy's operators for one batch of sources: E(s) = ½ sᵀ(diag D − M)s − f_fixed·s
+    + the diodes' co-content."""
+
+    D: torch.Tensor  # (B or 1, n_free) total conductance seen by each free root, S
+    f_fixed: torch.Tensor  # (B, n_free) current from sources through conductances (+ injections), A
+    M: Coupling  # positive coupling weights between free roots, S
+    ff: Callable[[], tuple]  # (ra, rb, γa, γb, g) of free-free elements, for Johnson noise (built on demand)
+    D_fixed: torch.Tensor  # (B or 1, n_free) conductance to fixed nodes, for Johnson noise, S
+    dio: DiodeSet
+
+
+def _csr(rows, cols, vals, shape):
+    """Sparse CSR matrix from COO triplets (duplicates summed)."""
+    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape, check_invariants=False)
+    return coo.coalesce().to_sparse_csr()
+
+
+def static_operators(cc: Compiled) -> StaticOperators:
+    """The parameter-only operators of ``cc`` (cached in ``cc.cache``, keyed by the identity
+    and version of every parameter tensor)."""
+    key = tuple((k, id(v), v._version) for k, v in cc.params.items() if k != "u")
+    cached = cc.cache.get("static")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    nf, ns, p, dev, dt = cc.n_free, cc.n_src, cc.params, cc.device, cc.dtype
+    gain = cc.node_gain()
+    root = cc.root
+    D = torch.zeros(nf, dtype=dt, device=dev)
+    D_fix = torch.zeros(nf, dtype=dt, device=dev)
+    K = torch.zeros(ns + 1, nf, dtype=dt, device=dev)
+    R, C, W = [], [], []
+    ffa, ffb, ffga, ffgb, ffg = [], [], [], [], []
+    dense, dense_ff = [], []
+    positions = []  # per colour: each root's position within it (−1: another colour)
+    for colour in cc.colours:
+        pos = torch.full((nf,), -1, dtype=torch.long, device=dev)
+        pos[colour] = torch.arange(colour.numel(), device=dev)
+        positions.append(pos)
+    for blk in cc.blocks:
+        g = p[blk.name]
+        ra, rb, ga, gb = root[blk.a], root[blk.b], gain[blk.a], gain[blk.b]
+        if blk.dense and bool((ra < nf).all()) != bool((rb < nf).all()):
+            _add_dense_to_fixed(D, D_fix, K, nf, ra, rb, ga, gb, g)
+            continue
+        if blk.dense and _layer_block(positions, nf, ra, rb):  # two free layers: kept dense
+            D.index_add_(0, ra, ga * ga * g.sum(1))
+            D.index_add_(0, rb, gb * gb * g.sum(0))
+            dense.append((ra, rb, g * ga[:, None] * gb[None, :]))
+            dense_ff.append((ra, rb, ga, gb, g))
+            continue
+        if blk.dense:  # homogeneous: every row (column) free, or every row (column) fixed
+            ra, rb = ra[:, None].expand_as(g), rb[None, :].expand_as(g)
+            ga, gb = ga[:, None].expand_as(g), gb[None, :].expand_as(g)
+        ra, rb, ga, gb, g = ra.reshape(-1), rb.reshape(-1), ga.reshape(-1), gb.reshape(-1), g.reshape(-1)
+        fa, fb = ra < nf, rb < nf
+        both = fa & fb
+        same = both & (ra == rb)
+        pair = both & ~same
+        D.index_add_(0, ra[fa], (ga * ga * g)[fa])
+        D.index_add_(0, rb[fb], (gb * gb * g)[fb])
+        if same.any():  # an element between a node and its own amplified copy
+            D.index_add_(0, ra[same], (-2 * ga * gb * g)[same])
+        w = ga * gb * g
+        R += [ra[pair], rb[pair]]
+        C += [rb[pair], ra[pair]]
+        W += [w[pair], w[pair]]
+        ffa.append(ra[pair]), ffb.append(rb[pair]), ffga.append(ga[pair]), ffgb.append(gb[pair]), ffg.append(g[pair])
+        oa, ob = fa & ~fb, fb & ~fa
+        K.index_put_((rb[oa] - nf, ra[oa]), w[oa], accumulate=True)
+        K.index_put_((ra[ob] - nf, rb[ob]), w[ob], accumulate=True)
+        D_fix.index_add_(0, ra[oa], (ga * ga * g)[oa])
+        D_fix.index_add_(0, rb[ob], (gb * gb * g)[ob])
+    f_const = torch.zeros(nf, dtype=dt, device=dev)
+    for node, key_i in cc.currents:
+        r = root[node]
+        m = r < nf
+        f_const.index_add_(0, r[m], (gain[node] * p[key_i])[m])
+    offset = cc.node_offset()
+    if offset is not None:
+        _add_offset_currents(cc, f_const, gain, offset)
+    cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
+    rows, cols, vals = cat(R, torch.long), cat(C, torch.long), cat(W)
+    M_rows = []
+    for colour, pos in zip(cc.colours, positions):
+        keep = pos[rows] >= 0
+        M_rows.append(_csr(pos[rows[keep]], cols[keep], vals[keep], (colour.numel(), nf)))
+    M = Coupling(_csr(rows, cols, vals, (nf, nf)), M_rows, dense, positions)
+
+    def ff():
+        """Free-free elements one by one (dense layer blocks expanded only here)."""
+        parts = list(zip(ffa, ffb, ffga, ffgb, ffg))
+        for ra, rb, ga, gb, g in dense_ff:
+            parts.append((ra[:, None].expand_as(g).reshape(-1), rb[None, :].expand_as(g).reshape(-1),
+                          ga[:, None].expand_as(g).reshape(-1), gb[None, :].expand_as(g).reshape(-1), g.reshape(-1)))
+        return tuple(cat([q[i] for q in parts], torch.long if i < 2 else dt) for i in range(5))
+
+    dio, dio_fixed = _diodes(cc, gain, positions)
+    dio_offset = None
+    if offset is not None and cc.diodes:
+        dio_offset = torch.cat([offset[d.anode] - offset[d.cathode] for d in cc.diodes])
+    static = StaticOperators(D, D_fix, K, f_const, M, ff, dio, dio_fixed, gain, offset, dio_offset)
+    cc.cache["static"] = (key, static)
+    return static
+
+
+def _layer_block(positions: list[torch.Tensor], nf: int, ra: torch.Tensor, rb: torch.Tensor) -> bool:
+    """Whether a dense block joins two free layers (rows all of one colour, columns all of
+    another): then its couplings stay a dense matrix instead of m×n sparse entries."""
+    if not (bool((ra < nf).all()) and bool((rb < nf).all())):
+        return False
+    in_colour = lambda r: [bool((pos[r] >= 0).all()) for pos in positions]
+    a, b = in_colour(ra), in_colour(rb)
+    return any(a) and any(b) and a != b
+
+
+def _add_offset_currents(cc: Compiled, f: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor) -> None:
+    """Amplifier offsets shift node voltages by constants: through each conductance g they push
+    a constant current −γ_a g (o_a − o_b) into the free root of a (and the opposite into b's)."""
+    nf = cc.n_free
+    for blk in cc.blocks:
+        g = cc.params[blk.name]
+        ra, rb, ga, gb = cc.root[blk.a], cc.root[blk.b], gain[blk.a], gain[blk.b]
+        if blk.dense:
+            gd = g * (offset[blk.a][:, None] - offset[blk.b][None, :])
+            into_a, into_b = gd.sum(1), gd.sum(0)
+        else:
+            into_a = into_b = g * (offset[blk.a] - offset[blk.b])
+        fa, fb = ra < nf, rb < nf
+        f.index_add_(0, ra[fa], (-ga * into_a)[fa])
+        f.index_add_(0, rb[fb], (gb * into_b)[fb])
+
+
+def _add_dense_to_fixed(D, D_fix, K, nf, ra, rb, ga, gb, g) -> None:
+    """A dense block between free rows and fixed columns (or the reverse), e.g. input sources
+    to a hidden layer: row/column sums and two index_adds, never an m×n index expansion."""
+    if not bool((ra < nf).all()):  # make the rows the free side
+        ra, rb, ga, gb, g = rb, ra, gb, ga, g.T
+    load = ga * ga * g.sum(1)
+    D.index_add_(0, ra, load)
+    D_fix.index_add_(0, ra, load)
+    w = (g * ga[:, None] * gb[None, :]).T  # (fixed, free)
+    K.index_add_(1, ra, torch.zeros(K.shape[0], ra.numel(), dtype=K.dtype, device=K.device).index_add_(0, rb - nf, w))
+
+
+def assemble(cc: Compiled, u: torch.Tensor, beta: float | torch.Tensor = 0.0,
+             target: torch.Tensor | None = None) -> Operators:
+    """Quadratic part of the energy in the free voltages for one batch of sources u (B, n_src),
+    V: D (diagonal, S), M (free-free couplings, S) and f_fixed (what the sources push in, A),
+    plus the diodes. With a target (B, n_out), V, the EP nudge β·½‖V_out − y‖² (β in S, per
+    sample or scalar) adds β to D and β·y to f_fixed at the outputs. The parameter-only parts
+    come from the cache."""
+    st = static_operators(cc)
+    nf, dev, dt = cc.n_free, cc.device, cc.dtype
+    B = u.shape[0]
+    ext_u = torch.cat([u, u.new_zeros(B, 1)], dim=1)  # [u | ground], indexed by root - nf
+    hit = cc.cache.get("f_sources")  # the free and nudged phases of an EP step share u
+    if hit is not None and hit[0] is u and hit[1] == u._version and hit[2] is st:
+        f = hit[3]
+    else:
+        f = ext_u @ st.K + st.f_const
+        cc.cache["f_sources"] = (u, u._version, st, f)
+    D, D_fix = st.D[None].expand(B, -1), st.D_fix[None]
+    if target is not None and cc.outputs.numel():
+        beta = torch.as_tensor(beta, dtype=dt, device=dev).reshape(-1, 1)
+        r, go = cc.root[cc.outputs], st.gain[cc.outputs]
+        if bool((r >= nf).any()):
+            raise ValueError("an output node is fixed: it cannot be nudged")
+        D = D.index_add(1, r, (beta * go * go).expand(B, -1))
+        D_fix = D_fix.expand(B, -1).index_add(1, r, (beta * go * go).expand(B, -1))
+        shift = 0.0 if st.offset is None else st.offset[cc.outputs]
+        f = f.index_add(1, r, beta * go * (target - shift))
+    d, idx, k = st.dio_fixed
+    v_fixed = torch.zeros(B, st.dio.IS.numel(), dtype=dt, device=dev).index_add(1, d, k * ext_u[:, idx])
+    if st.dio_offset is not None:
+        v_fixed = v_fixed + st.dio_offset
+    return Operators(D, f, st.M, st.ff, D_fix, dataclasses.replace(st.dio, v_fixed=v_fixed))
+
+
+def _diodes(cc: Compiled, gain: torch.Tensor, positions: list[torch.Tensor]):
+    """Concatenated diode parameters and incidences (overall and per colour), and the fixed
+    terminals as (diode, index into [u | 0], κ)."""
+    nf, p, dev, dt = cc.n_free, cc.params, cc.device, cc.dtype
+    cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
+    anode = cat([d.anode for d in cc.diodes], torch.long)
+    cathode = cat([d.cathode for d in cc.diodes], torch.long)
+    IS = cat([p[f"IS:{d.name}"] for d in cc.diodes])
+    nvt = cat([p[f"N:{d.name}"] * cc.vt for d in cc.diodes])
+    ideal = cat([torch.full((d.anode.numel(),), d.ideal, dtype=torch.bool, device=dev) for d in cc.diodes],
+                torch.bool)
+    index = torch.arange(anode.numel(), device=dev)
+    inc_d, inc_root, inc_kap, fix_d, fix_idx, fix_kap = [], [], [], [], [], []
+    for term, sign in ((anode, 1.0), (cathode, -1.0)):  # κ = ±gain of the terminal
+        r, k = cc.root[term], sign * gain[term]
+        free = r < nf
+        inc_d.append(index[free]), inc_root.append(r[free]), inc_kap.append(k[free])
+        fix_d.append(index[~free]), fix_idx.append(r[~free] - nf), fix_kap.append(k[~free])
+    inc = Incidences(cat(inc_d, torch.long), cat(inc_root, torch.long), cat(inc_kap))
+    is_ideal = ideal[inc.d]
+    by_colour = [(inc.subset((pos[inc.root] >= 0) & ~is_ideal, pos), inc.subset((pos[inc.root] >= 0) & is_ideal, pos))
+                 for pos in positions]
+    empty = torch.zeros(1, anode.numel(), dtype=dt, device=dev)
+    vcrit = nvt * torch.log(nvt / (math.sqrt(2.0) * IS))
+    dio = DiodeSet(IS, nvt, vcrit, ideal, empty, inc, inc.subset(~is_ideal), inc.subset(is_ideal), by_colour)
+    return dio, (cat(fix_d, torch.long), cat(fix_idx, torch.long), cat(fix_kap))
+
+
+def diode_iv(v: torch.Tensor, IS: torch.Tensor, nvt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shockley current I = IS (e^{v/(N V_T)} − 1) (A) and conductance dI/dv (S) at diode
+    voltages v (V), continued linearly above v/(N V_T) = 40 (a Newton safeguard: keeps the
+    function convex and finite, and is inactive at any physical solution)."""
+    x = v / nvt
+    e = torch.exp(torch.clamp(x, max=_EXP_MAX))
+    over = torch.clamp(x - _EXP_MAX, min=0.0)
+    return IS * (e * (1 + over) - 1), IS * e / nvt
+
+
+def inflow(ops: Operators, s: torch.Tensor, colour: int | None = None,
+           cols: torch.Tensor | None = None) -> torch.Tensor:
+    """f = f_fixed + M s (A): the current each free root receives from everything but itself
+    and its diodes; with ``colour`` (and its roots ``cols``), only that colour's rows."""
+    if colour is None:
+        return ops.f_fixed + ops.M @ s
+    return ops.f_fixed[:, cols] + ops.M.rows(colour, s)
+
+
+def residual(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """KCL residual r = ∂E/∂s (B, n_free), A: the current leaving each free node at voltages s
+    (V) with sources u (V); projected to zero where an active ideal clamp can supply it."""
+    r = ops.D * s - inflow(ops, s)
+    dio = ops.dio
+    if dio.inc.d.numel():
+        v = dio.voltages(s)
+        if dio.shock.d.numel():
+            i, _ = diode_iv(v, dio.IS, dio.nvt)
+            r = r.index_add(1, dio.shock.root, dio.shock.kap * i[:, dio.shock.d])
+        if dio.clamps.d.numel():  # an active clamp (v ≈ 0) supplies whatever current pushes outward
+            scale = (cc.voltages(s, u).abs().amax(1, keepdim=True) + 1e-30) * 1e-12
+            at = (v[:, dio.clamps.d] >= -scale).to(r.dtype)  # clamp at its bound
+            push = torch.zeros_like(r).index_add(1, dio.clamps.root, at * torch.sign(dio.clamps.kap))
+            r = torch.where((push > 0) & (r < 0) | (push < 0) & (r > 0), torch.zeros_like(r), r)
+    return r
+
+
+def hessian(ops: Operators, s: torch.Tensor) -> torch.Tensor:
+    """Dense Hessian ∂²E/∂s² (B, n_free, n_free), S: conductances plus each Shockley diode's
+    I′(v). Undefined for ideal clamps (a ValueError)."""
+    B, nf = s.shape
+    H = torch.diag_embed(ops.D.expand(B, -1)) - ops.M.to_dense()
+    dio = ops.dio
+    if bool(dio.ideal.any()):
+        raise ValueError("method='newton' does not handle ideal clamps: use method='bcd'")
+    if dio.inc.d.numel():
+        _, di = diode_iv(dio.voltages(s), dio.IS, dio.nvt)
+        inc = dio.inc
+        same = inc.d[:, None] == inc.d[None, :]  # terminal pairs of one diode
+        p, q = same.nonzero(as_tuple=True)
+        flat = (inc.root[p] * nf + inc.root[q]).expand(B, -1)
+        H = H.reshape(B, -1).scatter_add(1, flat, inc.kap[p] * inc.kap[q] * di[:, inc.d[p]]).reshape(B, nf, nf)
+    return H

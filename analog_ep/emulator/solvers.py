@@ -1,0 +1,259 @@
+"""Solver kernels of the settle, one per method, in a registry (``SOLVERS``).
+
+A kernel minimises the energy of one ``Problem`` (operators assembled for a batch of sources,
+and the per-node tolerance of the stopping rule) from a start state, within an iteration
+budget, and returns an ``Outcome``. Each registers with its options and their defaults
+(``REQUIRED`` marks options without one); ``Solver.options`` checks what a caller passes.
+
+* ``bcd`` — exact block coordinate descent over a colouring of the free nodes (a layered net:
+  even/odd layers). Nodes of one colour do not interact, so each is set to its exact optimum
+  given the others: the conductance-weighted mean of its neighbours and sources, then a
+  safeguarded scalar Newton for Shockley diodes, then a clip for ideal clamps. Options:
+  ``inner`` (scalar Newton steps per node and sweep), ``check_every`` (sweeps between
+  residual checks).
+* ``newton`` — damped Newton on the whole free vector with the dense Hessian, backtracking on
+  the (convex) energy. Shockley diodes only. No options.
+* ``transient`` — the physical dynamics C dV/dt = −∂E/∂V (linearly implicit Euler), for finite
+  settling times, optionally with Johnson noise of every conductance at temperature T.
+  Options: ``dt`` and ``duration`` (s, required), ``capacitance`` (F, per node),
+  ``temperature`` (K, 0 = noiseless), ``generator`` (torch.Generator of the noise).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..circuit.constants import BOLTZMANN
+from .compiled import Compiled
+from .energy import energy
+from .operators import Operators, diode_iv, hessian, inflow, residual
+
+REQUIRED = object()  # the default of an option that has none: the caller must pass it
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One settle's fixed data: circuit, operators, sources u (B, n_src) in V, the EP nudge
+    (β in S, target in V) and the stopping tolerance per free node (B, n_free) in A."""
+
+    cc: Compiled
+    ops: Operators
+    u: torch.Tensor
+    beta: float | torch.Tensor
+    target: torch.Tensor | None
+    tol: torch.Tensor
+
+    def residual(self, s: torch.Tensor) -> torch.Tensor:
+        """The KCL residual ∂E/∂s (B, n_free), A, at free voltages s (V)."""
+        return residual(self.cc, self.ops, s, self.u)
+
+    def converged(self, r: torch.Tensor) -> bool:
+        """Whether every node's residual is within its tolerance."""
+        return bool((r.abs() <= self.tol).all())
+
+
+@dataclass
+class Outcome:
+    """What a kernel returns: the final state s (V), its residual r (A; None if the kernel
+    did not evaluate it), whether it converged and the iterations it took."""
+
+    s: torch.Tensor
+    r: torch.Tensor | None
+    converged: bool
+    iterations: int
+
+
+Kernel = Callable[..., Outcome]  # kernel(problem, s0, max_iters, **options) -> Outcome
+
+
+@dataclass(frozen=True)
+class Solver:
+    """A registered method: its kernel and its options with their defaults."""
+
+    name: str
+    kernel: Kernel
+    defaults: dict[str, Any]
+
+    def options(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """The defaults updated with ``given``; a ValueError for an unknown option or a
+        missing required one, naming the method and its valid options."""
+        given = dict(given or {})
+        valid = ", ".join(sorted(self.defaults)) or "none"
+        unknown = sorted(set(given) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"method {self.name!r}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
+        merged = {**self.defaults, **given}
+        missing = sorted(k for k, v in merged.items() if v is REQUIRED)
+        if missing:
+            raise ValueError(f"method {self.name!r} needs option(s) {', '.join(missing)}; valid options: {valid}")
+        return merged
+
+    def __call__(self, problem: Problem, s: torch.Tensor, max_iters: int, options: dict[str, Any]) -> Outcome:
+        """Run the kernel with already checked ``options``."""
+        return self.kernel(problem, s, max_iters, **options)
+
+
+SOLVERS: dict[str, Solver] = {}
+
+
+def register(name: str, **defaults: Any) -> Callable[[Kernel], Kernel]:
+    """Decorator: register a kernel as method ``name`` with its options' defaults."""
+
+    def add(kernel: Kernel) -> Kernel:
+        SOLVERS[name] = Solver(name, kernel, defaults)
+        return kernel
+
+    return add
+
+
+def get_solver(method: str) -> Solver:
+    """The registered solver ``method``; a ValueError naming the registered ones otherwise."""
+    if method not in SOLVERS:
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(sorted(SOLVERS))}")
+    return SOLVERS[method]
+
+
+def _clip_to_clamps(x: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Project x onto its ideal clamps: each clamp's v = k·x[loc] + w must stay <= 0, a bound
+    on x[loc] (upper for k > 0, lower for k < 0). Exact for a 1-D convex problem."""
+    bound = -w / k
+    inf = torch.full_like(x, float("inf"))
+    idx = loc.expand_as(bound)
+    hi = inf.scatter_reduce(1, idx, torch.where(k > 0, bound, float("inf")), "amin")
+    lo = (-inf).scatter_reduce(1, idx, torch.where(k < 0, bound, -float("inf")), "amax")
+    return torch.minimum(torch.maximum(x, lo), hi)
+
+
+def _limit_step(step: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, rise: torch.Tensor) -> torch.Tensor:
+    """Clip each node's step so that none of its diodes' voltages (v = k·x + w) rises by more
+    than ``rise``·|k|; falling is never limited."""
+    inf = torch.full_like(step, float("inf"))
+    idx = loc.expand_as(rise)
+    hi = inf.scatter_reduce(1, idx, torch.where(k > 0, rise, float("inf")), "amin")
+    lo = (-inf).scatter_reduce(1, idx, torch.where(k < 0, -rise, -float("inf")), "amax")
+    return torch.minimum(torch.maximum(step, lo), hi)
+
+
+def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int) -> torch.Tensor:
+    """One sweep over the colours: each colour's nodes set to their exact optimum given the
+    others (weighted mean, then ``inner`` safeguarded Newton steps for Shockley diodes, then
+    the ideal clamps' clip)."""
+    dio = ops.dio
+    for c, colour in enumerate(cc.colours):
+        f = inflow(ops, s, c, colour)
+        Dc = ops.D[:, colour]
+        x = f / Dc
+        shock, clamps = dio.by_colour[c]
+        if shock.d.numel() or clamps.d.numel():
+            v = dio.voltages(s)
+        if shock.d.numel():  # warm-started, step-limited Newton on each node's convex 1-D problem
+            w = v[:, shock.d] - shock.kap * s[:, shock.root]  # the part not set by this node
+            IS, nvt, vcrit = dio.IS[shock.d], dio.nvt[shock.d], dio.vcrit[shock.d]
+            # a start far into forward bias (e.g. the linear first guess) restarts at the knee
+            x = _clip_to_clamps(s[:, colour], shock.loc, shock.kap, w - vcrit - 10 * nvt)
+            akap = shock.kap.abs()
+            for _ in range(inner):
+                vd = w + shock.kap * x[:, shock.loc]
+                i, di = diode_iv(vd, IS, nvt)
+                grad = (Dc * x - f).index_add(1, shock.loc, shock.kap * i)
+                hess = Dc.expand_as(x).index_add(1, shock.loc, shock.kap * shock.kap * di)
+                # a diode's voltage may rise freely up to its knee, then by 2 n V_T per step
+                rise = (torch.clamp(vcrit - vd, min=0.0) + 2 * nvt) / akap
+                x = x + _limit_step(-grad / hess, shock.loc, shock.kap, rise)
+        if clamps.d.numel():
+            w = v[:, clamps.d] - clamps.kap * s[:, clamps.root]
+            x = _clip_to_clamps(x, clamps.loc, clamps.kap, w)
+        s = s.index_copy(1, colour, x)
+    return s
+
+
+@register("bcd", inner=4, check_every=1)
+def bcd(problem: Problem, s: torch.Tensor, max_iters: int, *, inner: int, check_every: int) -> Outcome:
+    """Exact block coordinate descent: sweeps until the residual (checked every
+    ``check_every`` sweeps and after the last) is within tolerance, at most ``max_iters``."""
+    it, r = 0, None
+    while it < max_iters:
+        s = _bcd_sweep(problem.cc, problem.ops, s, inner)
+        it += 1
+        if it % check_every == 0 or it == max_iters:
+            r = problem.residual(s)
+            if problem.converged(r):
+                return Outcome(s, r, True, it)
+    return Outcome(s, r, False, it)
+
+
+def _newton_step(problem: Problem, s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """One damped Newton step on the whole free vector, backtracking on the energy (convex)."""
+    cc, u, beta, target = problem.cc, problem.u, problem.beta, problem.target
+    step = -torch.linalg.solve(hessian(problem.ops, s), r.unsqueeze(-1)).squeeze(-1)
+    e0 = energy(cc, s, u, beta=beta, target=target)
+    slope = (r * step).sum(1)
+    r0 = r.abs().amax(1)
+    t = torch.ones(s.shape[0], 1, dtype=s.dtype, device=s.device)
+    for _ in range(60):
+        trial = s + t * step
+        e1 = energy(cc, trial, u, beta=beta, target=target)
+        # near the minimum energy differences drown in rounding: a smaller residual is progress too
+        good = (e1 <= e0 + 1e-4 * t[:, 0] * slope) | (problem.residual(trial).abs().amax(1) < 0.5 * r0)
+        if bool(good.all()):
+            break
+        t = torch.where(good[:, None], t, t / 2)
+    return s + t * step
+
+
+@register("newton")
+def newton(problem: Problem, s: torch.Tensor, max_iters: int) -> Outcome:
+    """Damped Newton with the dense Hessian until the residual is within tolerance, at most
+    ``max_iters`` steps. Shockley diodes only (ideal clamps: a ValueError)."""
+    it, r = 0, None
+    while it < max_iters:
+        r = problem.residual(s)
+        if problem.converged(r):
+            return Outcome(s, r, True, it)
+        s = _newton_step(problem, s, r)
+        it += 1
+    return Outcome(s, r, False, it)
+
+
+def _transient_step(problem: Problem, s: torch.Tensor, dt: float, cap: torch.Tensor, temperature: float,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    """One linearly implicit Euler step of C ds/dt = −r(s) (+ Johnson noise currents)."""
+    ops = problem.ops
+    r = problem.residual(s)
+    h = ops.D.expand_as(s)
+    dio = ops.dio
+    if dio.shock.d.numel():
+        _, di = diode_iv(dio.voltages(s), dio.IS, dio.nvt)
+        h = h.index_add(1, dio.shock.root, dio.shock.kap ** 2 * di[:, dio.shock.d])
+    q = -dt * r
+    if temperature > 0:  # charge noise per step: each conductance g adds current noise of PSD 2kTg... ×2 sides
+        kT = BOLTZMANN * temperature
+        ra, rb, ga, gb, g = ops.ff()
+        noise = torch.randn(s.shape, generator=generator, dtype=s.dtype, device=s.device) * torch.sqrt(2 * kT * ops.D_fixed * dt)
+        if g.numel():
+            xi = torch.randn((s.shape[0], g.numel()), generator=generator, dtype=s.dtype, device=s.device)
+            i = xi * torch.sqrt(2 * kT * g * dt)
+            noise = noise.index_add(1, ra, ga * i).index_add(1, rb, -gb * i)
+        q = q + noise
+    s = s + q / (cap + dt * h)
+    if dio.clamps.d.numel():  # ideal clamps: project onto the bounds
+        w = dio.voltages(s)[:, dio.clamps.d] - dio.clamps.kap * s[:, dio.clamps.root]
+        s = _clip_to_clamps(s, dio.clamps.root, dio.clamps.kap, w)
+    return s
+
+
+@register("transient", dt=REQUIRED, duration=REQUIRED, capacitance=1e-12, temperature=0.0, generator=None)
+def transient(problem: Problem, s: torch.Tensor, max_iters: int, *, dt: float, duration: float,
+              capacitance: float | torch.Tensor, temperature: float, generator: torch.Generator | None) -> Outcome:
+    """round(duration / dt) implicit Euler steps (dt, duration in s; node capacitance in F;
+    Johnson noise at ``temperature`` in K), whatever ``max_iters``; converged if the final
+    residual is within tolerance."""
+    cc = problem.cc
+    cap = torch.as_tensor(capacitance, dtype=cc.dtype, device=cc.device)
+    steps = max(1, int(round(duration / dt)))
+    for _ in range(steps):
+        s = _transient_step(problem, s, dt, cap, temperature, generator)
+    r = problem.residual(s)
+    return Outcome(s, r, problem.converged(r), steps)
