@@ -173,7 +173,7 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
     plot: Optional[Path] = typer.Option(None, help="Write a parity plot (PNG) of SPICE vs emulator voltages."),
     batch_inputs: Optional[Path] = typer.Option(None, help="CSV or .npy of input rows (one column per input source)."),
-    method: str = typer.Option("bcd", help="Emulator solver: bcd or newton."),
+    method: str = typer.Option("auto", help="Emulator solver: auto, bcd or newton."),
     rows: int = typer.Option(20, help="Rows of the node table (worst nodes first)."),
 ):
     """Run a deck in ngspice and in the emulator; compare node by node and time both."""

@@ -30,17 +30,17 @@ RTOL = {torch.float64: 1e-6, torch.float32: 1e-5}
 def time_settle(cc, u, rtol, repeats):
     """Median settle time with the operators cached, and the time of a cold settle that
     first builds them (what a one-off operating point of a new circuit costs)."""
-    settle(cc, u, rtol=rtol)
+    settle(cc, u, method="bcd", rtol=rtol)
     cc.cache.clear()
     t0 = time.perf_counter()
-    settle(cc, u, rtol=rtol)
+    settle(cc, u, method="bcd", rtol=rtol)
     cold = time.perf_counter() - t0
     times, res = [], None
     for _ in range(repeats):
         if cc.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        res = settle(cc, u, rtol=rtol)
+        res = settle(cc, u, method="bcd", rtol=rtol)
         if cc.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

@@ -69,7 +69,7 @@ def random_layered_circuit(draw):
 
 @pytest.mark.spice
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(random_graph_circuit(), random_layered_circuit()), st.sampled_from(["bcd", "newton"]))
+@given(st.one_of(random_graph_circuit(), random_layered_circuit()), st.sampled_from(["auto", "bcd", "newton"]))
 def test_random_circuits_agree_with_ngspice(circuit, method):
     if method == "bcd" and any(np.any(d.RS > 0) for d in circuit.groups(Diodes)):
         method = "newton"
@@ -114,9 +114,11 @@ def test_ideal_clamps_bound_the_nodes():
 def test_unconverged_settle_raises_and_reports():
     c = layered("8,6,3", seed=0, g_init=(1e-6, 1e-4))
     cc = compile_circuit(c)
-    with pytest.raises(ConvergenceError) as err:
+    with pytest.raises(ConvergenceError, match="raise max_iters") as err:
         settle(cc, max_iters=1, rtol=1e-14)
     assert err.value.result.iterations == 1 and not err.value.result.converged
+    with pytest.raises(ConvergenceError, match="use method='auto'"):
+        settle(cc, method="bcd", max_iters=1, rtol=1e-14)
     with pytest.warns(RuntimeWarning, match="not converged"):
         settle(cc, max_iters=1, rtol=1e-14, on_fail="warn")
 
@@ -188,6 +190,85 @@ def test_solver_options_are_checked_per_method():
         settle(cc, method="bcd", options={"dt": 1e-9})
     with pytest.raises(ValueError, match=r"method 'transient' needs option\(s\) duration; valid options: .*temperature"):
         settle(cc, method="transient", options={"dt": 1e-9})
-    with pytest.raises(ValueError, match="unknown method 'cg': use one of bcd, newton, transient"):
+    with pytest.raises(ValueError, match="unknown method 'cg': use one of auto, bcd, newton, transient"):
         settle(cc, method="cg")
     assert settle(cc, method="bcd", options={"inner": 2, "check_every": 5}).converged
+
+
+def diode_coupled_pair(g: float = 1e-3, v: float = 5.0) -> Circuit:
+    """Two free nodes, each tied to a source (+v, -v volts) by a conductance g (S), coupled
+    only through a pair of antiparallel Shockley diodes: the forward one conducts hard, and
+    BCD, moving one node at a time against its stiff I-V curve, crawls."""
+    nodes = ("0", "p", "n", "a", "b")
+    roles = (Role.GROUND, Role.INPUT, Role.INPUT, Role.HIDDEN, Role.OUTPUT)
+    return Circuit(nodes, roles, (VoltageSources("v", [1, 2], [v, -v]),
+                                  Conductances("g", [1, 2], [3, 4], [g, g]),
+                                  Diodes("d", [3, 4], [4, 3], [1e-14, 1e-14], [1.0, 1.0], [0.0, 0.0])))
+
+
+def series_resistance_net() -> Circuit:
+    """A 16-8-4 layered net whose clamp diodes have RS = 10 ohm (an internal node each, tied
+    to its hidden node by 0.1 S against network conductances of ~1e-5 S: BCD crawls), inputs
+    up to 3 V so that clamps conduct."""
+    return layered("16,8,4", seed=0, inputs=np.linspace(0.0, 3.0, 16), diode=DiodeModel(IS=1e-14, N=1.0, RS=10.0))
+
+
+@pytest.mark.spice
+@pytest.mark.parametrize("build", [series_resistance_net, diode_coupled_pair])
+@pytest.mark.parametrize("options", [None, {"dense_max": 0}], ids=["dense", "sparse"])
+def test_auto_finishes_stiff_circuits_with_newton(build, options):
+    """Where BCD crawls (hundreds of sweeps not enough), the default method notices the stall
+    after 10 sweeps and Newton (dense, or the sparse LU) ends within 1 uV of ngspice."""
+    circuit = build()
+    cc = compile_circuit(circuit, gmin=GMIN)
+    assert not settle(cc, method="bcd", max_iters=300, on_fail="ignore").converged
+    res = settle(cc, options=options)
+    dv = np.abs(res.voltages_of(circuit.nodes)[0].numpy() - run_op(circuit).vector(circuit)).max()
+    assert res.converged and res.method == "auto:bcd+newton" and dv <= TOL_V
+    assert res.stages["bcd"] <= 20 and res.stages["newton"] <= 20
+    assert res.iterations == res.stages["bcd"] + res.stages["newton"]
+
+
+def test_auto_newton_finish_is_the_energy_minimum():
+    """Without ngspice: auto's Newton finish on the diode-coupled pair is a stationary point of
+    the energy: |dE/ds| (autograd) within the stopping rule's rtol·D·V_scale = 1e-10 · 1 mS · 5 V."""
+    cc = compile_circuit(diode_coupled_pair())
+    res = settle(cc)
+    assert res.converged and res.method == "auto:bcd+newton"
+    s = res.s.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(energy(cc, s, res.u).sum(), s)
+    assert float(grad.abs().max()) <= 1e-10 * 1e-3 * 5.0
+
+
+def test_auto_is_bcd_bit_for_bit_when_bcd_converges():
+    """The training case (BCD converges in a few sweeps, free and nudged, float32 and float64,
+    ideal clamps too): the default method gives exactly BCD's state and sweep count."""
+    for sizes, kw, dtype in [("20,10,4", dict(g_init=(1e-7, 1e-5), amplifier_gain=4.0, clamp=(0.6, 1.0)), torch.float32),
+                             ("20,10,4", dict(g_init=(1e-6, 1e-4)), torch.float64),
+                             ("8,6,3", dict(diode=DiodeModel(ideal=True), clamp=(0.0, 0.05)), torch.float64)]:
+        cc = compile_circuit(layered(sizes, seed=1, **kw), dtype=dtype)
+        u = cc.inputs_to_sources(16 * torch.rand(6, int(sizes.split(",")[0]), dtype=dtype))
+        y = torch.rand(6, len(cc.outputs), dtype=dtype)
+        for kw in [{}, dict(beta=1e-5, target=y)]:
+            bcd, auto = settle(cc, u, method="bcd", **kw), settle(cc, u, **kw)
+            assert auto.method == "auto:bcd" and auto.stages == {"bcd": bcd.iterations}
+            assert torch.equal(auto.s, bcd.s) and auto.iterations == bcd.iterations
+
+
+def test_sparse_newton_matches_dense():
+    """Newton's sparse LU (forced with dense_max=0) and its dense solve reach the same state
+    (within 1e-12 V) on a circuit with diodes between free nodes and series resistances."""
+    cc = compile_circuit(series_resistance_net())
+    u = cc.source_values(3) * torch.tensor([[1.0], [0.5], [1.2]], dtype=torch.float64)
+    dense = settle(cc, u, method="newton")
+    sparse = settle(cc, u, method="newton", options={"dense_max": 0})
+    torch.testing.assert_close(sparse.s, dense.s, rtol=0, atol=1e-12)
+
+
+def test_newton_at_the_rounding_floor_stops_with_advice():
+    """A tolerance float32 cannot reach: Newton stops as soon as it makes no progress (not
+    after max_iters steps) and the error says what to do."""
+    cc = compile_circuit(diode_coupled_pair(), dtype=torch.float32)
+    with pytest.raises(ConvergenceError, match="loosen rtol or use float64") as err:
+        settle(cc, method="newton", rtol=1e-12)
+    assert err.value.result.iterations < 100

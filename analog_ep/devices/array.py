@@ -154,4 +154,4 @@ class DeviceArray:
 
     def settle_kw(self) -> dict:
         """Finite settling: a fixed number of sweeps, accepted whether converged or not."""
-        return dict(max_iters=self.model.settle_sweeps, on_fail="ignore") if self.model.settle_sweeps else {}
+        return dict(method="bcd", max_iters=self.model.settle_sweeps, on_fail="ignore") if self.model.settle_sweeps else {}

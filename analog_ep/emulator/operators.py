@@ -11,7 +11,8 @@ diode I–V curve. Its gradient is the KCL residual r = ∂E/∂s (A), its Hessi
   parameter tensor changes (an optimizer step bumps its version).
 * ``assemble(cc, u, beta, target) -> Operators``: the operators for one batch of sources u (V)
   and an optional EP nudge (β in S towards the target voltages, V).
-* ``residual``, ``hessian``, ``inflow``, ``diode_iv``: what the solvers and EP evaluate.
+* ``residual``, ``hessian`` (dense), ``hessian_entries`` (COO, for sparse factorisations),
+  ``inflow``, ``diode_iv``: what the solvers and EP evaluate.
 """
 from __future__ import annotations
 
@@ -96,14 +97,17 @@ class Coupling:
                 out = out.index_add(1, pos[rb], s[:, ra] @ W)
         return out
 
-    def to_dense(self) -> torch.Tensor:
-        """M as a dense (n_free, n_free) matrix, S."""
-        M = self.csr.to_dense()
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """M as COO triplets (rows, columns, values in S), both triangles, duplicates to be
+        summed."""
+        coo = self.csr.to_sparse_coo()
+        rows, cols, vals = [coo.indices()[0]], [coo.indices()[1]], [coo.values()]
         for ra, rb, W in self.dense:
-            M = M.index_put((ra[:, None], rb[None, :]), W, accumulate=True)
-            M = M.index_put((rb[:, None], ra[None, :]), W.T, accumulate=True)
-        return M
-
+            a, b = ra[:, None].expand_as(W).reshape(-1), rb[None, :].expand_as(W).reshape(-1)
+            rows += [a, b]
+            cols += [b, a]
+            vals += [W.reshape(-1), W.reshape(-1)]
+        return torch.cat(rows), torch.cat(cols), torch.cat(vals)
 
 @dataclass
 class StaticOperators:
@@ -368,19 +372,40 @@ def residual(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor) -> 
     return r
 
 
-def hessian(ops: Operators, s: torch.Tensor) -> torch.Tensor:
-    """Dense Hessian ∂²E/∂s² (B, n_free, n_free), S: conductances plus each Shockley diode's
-    I′(v). Undefined for ideal clamps (a ValueError)."""
-    B, nf = s.shape
-    H = torch.diag_embed(ops.D.expand(B, -1)) - ops.M.to_dense()
-    dio = ops.dio
+def _diode_entries(dio: DiodeSet, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The diodes' Hessian terms κ_p κ_q I′(v) (S) as COO triplets: rows, columns (n_k,) and
+    values (B, n_k), one entry per pair of terminals of one diode. Ideal clamps: a ValueError
+    (their energy is a bound, with no Hessian)."""
     if bool(dio.ideal.any()):
         raise ValueError("method='newton' does not handle ideal clamps: use method='bcd'")
-    if dio.inc.d.numel():
-        _, di = diode_iv(dio.voltages(s), dio.IS, dio.nvt)
-        inc = dio.inc
-        same = inc.d[:, None] == inc.d[None, :]  # terminal pairs of one diode
-        p, q = same.nonzero(as_tuple=True)
-        flat = (inc.root[p] * nf + inc.root[q]).expand(B, -1)
-        H = H.reshape(B, -1).scatter_add(1, flat, inc.kap[p] * inc.kap[q] * di[:, inc.d[p]]).reshape(B, nf, nf)
-    return H
+    _, di = diode_iv(dio.voltages(s), dio.IS, dio.nvt)
+    inc = dio.inc
+    same = inc.d[:, None] == inc.d[None, :]  # terminal pairs of one diode
+    p, q = same.nonzero(as_tuple=True)
+    return inc.root[p], inc.root[q], inc.kap[p] * inc.kap[q] * di[:, inc.d[p]]
+
+
+def hessian_entries(ops: Operators, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Hessian ∂²E/∂s² at free voltages s (B, n_free), V, as COO triplets for a sparse
+    factorisation: rows, columns (n_k,) and values (B, n_k) in S, duplicates to be summed
+    (the same matrix as ``hessian``, without its n_free² storage)."""
+    B, nf = s.shape
+    diag = torch.arange(nf, device=s.device)
+    m_rows, m_cols, m_vals = ops.M.entries()
+    d_rows, d_cols, d_vals = _diode_entries(ops.dio, s)
+    rows = torch.cat([diag, m_rows, d_rows])
+    cols = torch.cat([diag, m_cols, d_cols])
+    vals = torch.cat([ops.D.expand(B, -1), -m_vals.expand(B, -1), d_vals], dim=1)
+    return rows, cols, vals
+
+
+def hessian(ops: Operators, s: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Dense Hessian ∂²E/∂s² (B, n_free, n_free), S, at free voltages s (V): conductances plus
+    each Shockley diode's I′(v), its entries summed in ``dtype`` (default s's; float64 keeps
+    a small conductance next to a large diode conductance in float32 circuits). Undefined
+    for ideal clamps (a ValueError)."""
+    B, nf = s.shape
+    rows, cols, vals = hessian_entries(ops, s)
+    dtype = s.dtype if dtype is None else dtype
+    H = torch.zeros(B, nf * nf, dtype=dtype, device=s.device).index_add_(1, rows * nf + cols, vals.to(dtype))
+    return H.reshape(B, nf, nf)

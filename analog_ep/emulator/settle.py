@@ -1,8 +1,9 @@
 """Steady state of a compiled circuit: the energy minimum = the DC operating point.
 
 ``settle(cc, u, method=...)`` in the manner of ``odeint``: one entry point, solvers by name
-(``solvers.SOLVERS``: ``bcd``, ``newton``, ``transient``), method-specific ``options``,
-tolerances explicit, and a result that always says how converged it is.
+(``solvers.SOLVERS``: ``auto``, the default — BCD, finished by Newton where BCD stalls —,
+``bcd``, ``newton``, ``transient``), method-specific ``options``, tolerances explicit, and a
+result that always says how converged it is and which solver finished.
 
 The KCL residual is the energy gradient r = ∂E/∂s (amperes per free node); a settle has
 converged when |r_i| ≤ atol + rtol · D_i · V_scale for every node, where D_i is the node's total
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -23,7 +24,8 @@ from .solvers import Problem, get_solver
 
 
 class ConvergenceError(RuntimeError):
-    """A settle stopped before its tolerance; the partial result is attached."""
+    """A settle stopped before its tolerance; the partial result is attached and the message
+    (one line) ends with what to try."""
 
     def __init__(self, message: str, result: "SettleResult"):
         super().__init__(message)
@@ -38,11 +40,12 @@ class SettleResult:
     u: torch.Tensor  # source voltages (B, n_src), V
     residual: float  # max |KCL residual| over nodes and samples, A
     rel_residual: float  # max |r_i| / (D_i V_scale)
-    iterations: int
+    iterations: int  # all stages together
     converged: bool
-    method: str
+    method: str  # the method, and for "auto" the stages that ran: "auto:bcd" or "auto:bcd+newton"
     seconds: float
     cc: Compiled
+    stages: dict[str, int] = field(default_factory=dict)  # iterations per stage, e.g. {"bcd": 10, "newton": 3}
 
     @property
     def V(self) -> torch.Tensor:
@@ -56,7 +59,7 @@ class SettleResult:
         return self.V[:, [nodes.index(n) for n in names]]
 
 
-def settle(cc: Compiled, u: torch.Tensor | None = None, *, method: str = "bcd", rtol: float | None = None,
+def settle(cc: Compiled, u: torch.Tensor | None = None, *, method: str = "auto", rtol: float | None = None,
            atol: float = 0.0, max_iters: int = 20000, on_fail: str = "raise", s0: torch.Tensor | None = None,
            beta: float | torch.Tensor = 0.0, target: torch.Tensor | None = None,
            options: dict[str, Any] | None = None) -> SettleResult:
@@ -64,15 +67,22 @@ def settle(cc: Compiled, u: torch.Tensor | None = None, *, method: str = "bcd", 
     node voltages.
 
     u: source voltages (B, n_src) in V (``cc.inputs_to_sources(x)`` for a layered circuit's
-    inputs); None = the circuit's own sources. method: a name in ``solvers.SOLVERS``; options:
-    that method's options (e.g. bcd: ``inner``, ``check_every``; transient: ``dt``,
-    ``duration`` in s, ``capacitance`` in F, ``temperature`` in K, ``generator``), an unknown
-    or missing one being a ValueError. rtol (relative voltage error; default 1e-10 in float64,
-    1e-5 in float32) and atol (A): the stopping rule |r_i| ≤ atol + rtol·D_i·V_scale.
-    max_iters: the method's iteration budget (sweeps, Newton steps). on_fail: "raise"
-    (ConvergenceError), "warn", or "ignore" — the result says either way. s0: warm start (V;
-    e.g. the free state for the nudged phase). beta/target: EP nudge (conductance β, in S, from
-    each output to y in V; β may be per sample)."""
+    inputs); None = the circuit's own sources.
+    method: a name in ``solvers.SOLVERS`` — "auto" (BCD, then Newton if BCD stalls; exactly
+    "bcd" when BCD converges without stalling; BCD only with ideal clamps), "bcd", "newton",
+    "transient".
+    options: that method's options (bcd: ``inner``, ``check_every``; newton: ``dense_max``;
+    auto: those and ``stall_window``, ``stall_drop``; transient: ``dt``, ``duration`` in s,
+    ``capacitance`` in F, ``temperature`` in K, ``generator``), an unknown or missing one
+    being a ValueError.
+    rtol (relative voltage error; default 1e-10 in float64, 1e-5 in float32) and atol (A): the
+    stopping rule |r_i| ≤ atol + rtol·D_i·V_scale.
+    max_iters: the method's iteration budget (sweeps plus Newton steps).
+    on_fail: "raise" (ConvergenceError, whose message says what to try), "warn", or "ignore"
+    — the result says either way.
+    s0: warm start (V; e.g. the free state for the nudged phase).
+    beta/target: EP nudge (conductance β, in S, from each output to y in V; β may be per
+    sample)."""
     t0 = time.perf_counter()
     solver = get_solver(method)
     opts = solver.options(options)
@@ -97,10 +107,11 @@ def settle(cc: Compiled, u: torch.Tensor | None = None, *, method: str = "bcd", 
         r = residual(cc, ops, s, u) if out.r is None else out.r
         res = float(r.abs().max()) if r.numel() else 0.0
         rel = float((r.abs() / (ops.D * vscale)).max()) if r.numel() else 0.0
-    result = SettleResult(s, u, res, rel, it, ok, method, time.perf_counter() - t0, cc)
+    name = f"{method}:{out.label}" if out.label else method
+    result = SettleResult(s, u, res, rel, it, ok, name, time.perf_counter() - t0, cc, out.stages or {method: it})
     if not ok and on_fail != "ignore":
-        msg = (f"settle ({method}) not converged after {it} iterations: max residual {res:.3g} A, "
-               f"relative {rel:.3g} (rtol {rtol:g}, atol {atol:g})")
+        msg = (f"settle ({name}) not converged after {it} iterations: max residual {res:.3g} A, "
+               f"relative {rel:.3g} (rtol {rtol:g}, atol {atol:g})" + (f"; {out.hint}" if out.hint else ""))
         if on_fail == "raise":
             raise ConvergenceError(msg, result)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)

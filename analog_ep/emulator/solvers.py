@@ -11,8 +11,13 @@ budget, and returns an ``Outcome``. Each registers with its options and their de
   safeguarded scalar Newton for Shockley diodes, then a clip for ideal clamps. Options:
   ``inner`` (scalar Newton steps per node and sweep), ``check_every`` (sweeps between
   residual checks).
-* ``newton`` — damped Newton on the whole free vector with the dense Hessian, backtracking on
-  the (convex) energy. Shockley diodes only. No options.
+* ``newton`` — damped Newton on the whole free vector, backtracking on the (convex) energy:
+  the dense Hessian (n_free² per sample) up to ``dense_max`` free nodes (default 512, 2 MiB per
+  sample in float64), a sparse LU per sample (scipy, CPU) beyond. Shockley diodes only.
+* ``auto`` (the settle default) — ``bcd`` while it makes progress; when it stalls (the worst
+  residual-to-tolerance ratio fell by less than ``stall_drop`` = 10 over the last
+  ``stall_window`` = 10 sweeps), Newton finishes. BCD alone with ideal clamps (a projection:
+  Newton's Hessian does not exist there). Options: bcd's, newton's and those two.
 * ``transient`` — the physical dynamics C dV/dt = −∂E/∂V (linearly implicit Euler), for finite
   settling times, optionally with Johnson noise of every conductance at temperature T.
   Options: ``dt`` and ``duration`` (s, required), ``capacitance`` (F, per node),
@@ -20,15 +25,19 @@ budget, and returns an ``Outcome``. Each registers with its options and their de
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
 import torch
 
 from ..circuit.constants import BOLTZMANN
 from .compiled import Compiled
 from .energy import energy
-from .operators import Operators, diode_iv, hessian, inflow, residual
+from .operators import Operators, diode_iv, hessian, hessian_entries, inflow, residual
 
 REQUIRED = object()  # the default of an option that has none: the caller must pass it
 
@@ -57,12 +66,17 @@ class Problem:
 @dataclass
 class Outcome:
     """What a kernel returns: the final state s (V), its residual r (A; None if the kernel
-    did not evaluate it), whether it converged and the iterations it took."""
+    did not evaluate it), whether it converged and the iterations it took; a multi-stage
+    kernel adds the iterations of each stage and a label of the stages that ran (e.g.
+    "bcd+newton"), and a kernel that did not converge a one-line hint of what to do."""
 
     s: torch.Tensor
     r: torch.Tensor | None
     converged: bool
     iterations: int
+    stages: dict[str, int] = field(default_factory=dict)
+    label: str = ""
+    hint: str = ""
 
 
 Kernel = Callable[..., Outcome]  # kernel(problem, s0, max_iters, **options) -> Outcome
@@ -169,52 +183,143 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int) -> tor
     return s
 
 
-@register("bcd", inner=4, check_every=1)
-def bcd(problem: Problem, s: torch.Tensor, max_iters: int, *, inner: int, check_every: int) -> Outcome:
-    """Exact block coordinate descent: sweeps until the residual (checked every
-    ``check_every`` sweeps and after the last) is within tolerance, at most ``max_iters``."""
+_BCD_HINT = "use method='auto' (a Newton finish where BCD stalls) or raise max_iters"
+
+
+def _bcd_run(problem: Problem, s: torch.Tensor, max_iters: int, inner: int, check_every: int,
+             stall: tuple[int, float] | None = None) -> tuple[Outcome, bool]:
+    """BCD sweeps until the residual (checked every ``check_every`` sweeps and after the
+    last) is within tolerance, at most ``max_iters``. With ``stall`` = (window, drop): also stop,
+    reporting a stall, at a check where the worst residual-to-tolerance ratio max_i |r_i|/tol_i
+    has fallen by less than a factor ``drop`` since the last check at least ``window`` sweeps
+    earlier. The sweeps and checks are the same with or without it."""
     it, r = 0, None
+    history: deque[tuple[int, float]] = deque()  # (sweep, ratio) of the checks
     while it < max_iters:
         s = _bcd_sweep(problem.cc, problem.ops, s, inner)
         it += 1
         if it % check_every == 0 or it == max_iters:
             r = problem.residual(s)
             if problem.converged(r):
-                return Outcome(s, r, True, it)
-    return Outcome(s, r, False, it)
+                return Outcome(s, r, True, it), False
+            if stall is not None:
+                window, drop = stall
+                ratio = float((r.abs() / problem.tol).max())
+                while len(history) > 1 and history[1][0] <= it - window:
+                    history.popleft()
+                if history and history[0][0] <= it - window and ratio * drop > history[0][1]:
+                    return Outcome(s, r, False, it), True
+                history.append((it, ratio))
+    return Outcome(s, r, False, it, hint=_BCD_HINT), False
 
 
-def _newton_step(problem: Problem, s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """One damped Newton step on the whole free vector, backtracking on the energy (convex)."""
+@register("bcd", inner=4, check_every=1)
+def bcd(problem: Problem, s: torch.Tensor, max_iters: int, *, inner: int, check_every: int) -> Outcome:
+    """Exact block coordinate descent: sweeps until the residual (checked every
+    ``check_every`` sweeps and after the last) is within tolerance, at most ``max_iters``;
+    each node's scalar Newton takes ``inner`` steps per sweep."""
+    return _bcd_run(problem, s, max_iters, inner, check_every)[0]
+
+
+def _newton_direction(problem: Problem, s: torch.Tensor, r: torch.Tensor, active: torch.Tensor,
+                      dense_max: int) -> torch.Tensor:
+    """H⁻¹ r (V) for each sample, with H the Hessian (S) at s and r the residual (A), in
+    float64 whatever the circuit's dtype: a batched dense solve up to ``dense_max`` free nodes,
+    beyond that a sparse LU (scipy's SuperLU, on the CPU) of each ``active`` sample (the others
+    get 0)."""
+    n = s.shape[1]
+    if n <= dense_max:
+        H = hessian(problem.ops, s, torch.float64)
+        return torch.linalg.solve(H, r.double().unsqueeze(-1)).squeeze(-1).to(s.dtype)
+    rows, cols, vals = (x.cpu().double().numpy() for x in hessian_entries(problem.ops, s))
+    rhs = r.cpu().double().numpy()
+    out = np.zeros_like(rhs)
+    for b in np.flatnonzero(active.cpu().numpy()):
+        H = scipy.sparse.csc_matrix((vals[b], (rows, cols)), shape=(n, n))  # duplicates summed
+        out[b] = scipy.sparse.linalg.spsolve(H, rhs[b])
+    return torch.as_tensor(out, dtype=s.dtype, device=s.device)
+
+
+def _newton_step(problem: Problem, s: torch.Tensor, r: torch.Tensor, done: torch.Tensor,
+                 dense_max: int) -> tuple[torch.Tensor, bool]:
+    """One damped Newton step on the whole free vector of each sample not ``done``,
+    backtracking on the energy (convex). Also whether the backtracking failed for some
+    sample (no step reduces its energy or halves its residual: a rounding floor)."""
     cc, u, beta, target = problem.cc, problem.u, problem.beta, problem.target
-    step = -torch.linalg.solve(hessian(problem.ops, s), r.unsqueeze(-1)).squeeze(-1)
+    step = -_newton_direction(problem, s, r, ~done, dense_max)
+    step = torch.where(done[:, None], torch.zeros_like(step), step)
     e0 = energy(cc, s, u, beta=beta, target=target)
     slope = (r * step).sum(1)
     r0 = r.abs().amax(1)
     t = torch.ones(s.shape[0], 1, dtype=s.dtype, device=s.device)
+    good = done
     for _ in range(60):
         trial = s + t * step
         e1 = energy(cc, trial, u, beta=beta, target=target)
         # near the minimum energy differences drown in rounding: a smaller residual is progress too
-        good = (e1 <= e0 + 1e-4 * t[:, 0] * slope) | (problem.residual(trial).abs().amax(1) < 0.5 * r0)
+        good = done | (e1 <= e0 + 1e-4 * t[:, 0] * slope) | (problem.residual(trial).abs().amax(1) < 0.5 * r0)
         if bool(good.all()):
             break
         t = torch.where(good[:, None], t, t / 2)
-    return s + t * step
+    return s + t * step, not bool(good.all())
 
 
-@register("newton")
-def newton(problem: Problem, s: torch.Tensor, max_iters: int) -> Outcome:
-    """Damped Newton with the dense Hessian until the residual is within tolerance, at most
-    ``max_iters`` steps. Shockley diodes only (ideal clamps: a ValueError)."""
-    it, r = 0, None
-    while it < max_iters:
-        r = problem.residual(s)
-        if problem.converged(r):
+_NEWTON_PATIENCE = 10  # Newton steps without halving the worst residual-to-tolerance ratio before giving up
+_FLOOR_HINT = "Newton cannot reduce the residual further (rounding): loosen rtol or use float64"
+
+
+def _newton_run(problem: Problem, s: torch.Tensor, max_iters: int, dense_max: int) -> Outcome:
+    """Damped Newton steps until every sample's residual is within tolerance (converged
+    samples are left as they are), at most ``max_iters``. It gives up at a rounding floor: when
+    a step's backtracking fails, or when the worst residual-to-tolerance ratio has not halved
+    in 10 steps."""
+    it, r = 0, problem.residual(s)
+    best, since = float("inf"), 0
+    while True:
+        done = (r.abs() <= problem.tol).all(1)
+        if bool(done.all()):
             return Outcome(s, r, True, it)
-        s = _newton_step(problem, s, r)
+        ratio = float((r.abs() / problem.tol).max())
+        best, since = (ratio, 0) if ratio < best / 2 else (best, since + 1)
+        if since >= _NEWTON_PATIENCE:
+            return Outcome(s, r, False, it, hint=_FLOOR_HINT)
+        if it >= max_iters:
+            return Outcome(s, r, False, it, hint="raise max_iters")
+        s, stuck = _newton_step(problem, s, r, done, dense_max)
         it += 1
-    return Outcome(s, r, False, it)
+        r = problem.residual(s)
+        if stuck and not problem.converged(r):
+            return Outcome(s, r, False, it, hint=_FLOOR_HINT)
+
+
+@register("newton", dense_max=512)
+def newton(problem: Problem, s: torch.Tensor, max_iters: int, *, dense_max: int) -> Outcome:
+    """Damped Newton, at most ``max_iters`` steps: the dense Hessian (n_free² per sample) up
+    to ``dense_max`` free nodes, a sparse LU beyond. Shockley diodes only (ideal clamps: a
+    ValueError)."""
+    return _newton_run(problem, s, max_iters, dense_max)
+
+
+@register("auto", inner=4, check_every=1, stall_window=10, stall_drop=10.0, dense_max=512)
+def auto(problem: Problem, s: torch.Tensor, max_iters: int, *, inner: int, check_every: int, stall_window: int,
+         stall_drop: float, dense_max: int) -> Outcome:
+    """BCD while it makes progress, then Newton. BCD runs as method "bcd" does (same sweeps,
+    same result when it converges without stalling: the usual case, a few sweeps); it has
+    stalled when the worst residual-to-tolerance ratio max_i |r_i|/tol_i has fallen by less
+    than ``stall_drop`` over the last ``stall_window`` sweeps (stiff circuits: diodes with
+    series resistance, strongly conducting diodes between free nodes). Newton then finishes
+    (dense up to ``dense_max`` free nodes, sparse LU beyond), within what is left of
+    ``max_iters``. Circuits with ideal clamps (a projection, no Hessian) stay on BCD."""
+    clamps = bool(problem.ops.dio.ideal.any())
+    first, stalled = _bcd_run(problem, s, max_iters, inner, check_every,
+                              None if clamps else (stall_window, stall_drop))
+    if not stalled:
+        hint = "ideal clamps keep auto on BCD: raise max_iters or loosen rtol" if clamps else "raise max_iters"
+        return Outcome(first.s, first.r, first.converged, first.iterations, {"bcd": first.iterations}, "bcd",
+                       "" if first.converged else hint)
+    last = _newton_run(problem, first.s, max_iters - first.iterations, dense_max)
+    return Outcome(last.s, last.r, last.converged, first.iterations + last.iterations,
+                   {"bcd": first.iterations, "newton": last.iterations}, "bcd+newton", last.hint)
 
 
 def _transient_step(problem: Problem, s: torch.Tensor, dt: float, cap: torch.Tensor, temperature: float,
@@ -256,4 +361,4 @@ def transient(problem: Problem, s: torch.Tensor, max_iters: int, *, dt: float, d
     for _ in range(steps):
         s = _transient_step(problem, s, dt, cap, temperature, generator)
     r = problem.residual(s)
-    return Outcome(s, r, problem.converged(r), steps)
+    return Outcome(s, r, problem.converged(r), steps, hint="lengthen duration (or settle with method='auto')")

@@ -56,7 +56,7 @@ def input_sources(circuit: Circuit) -> list[str]:
     return [circuit.nodes[i] for i in circuit.source_node_list() if circuit.roles[i] is Role.INPUT]
 
 
-def compare(circuit: Circuit, inputs: np.ndarray | None = None, *, method: str = "bcd",
+def compare(circuit: Circuit, inputs: np.ndarray | None = None, *, method: str = "auto",
             dtype: torch.dtype = torch.float64, jobs: int | None = None, timeout: float = 900.0,
             norton: bool = False) -> Comparison:
     """Operating points of ``circuit`` in ngspice and in the emulator (SPICE's gmin modelled).
@@ -84,5 +84,5 @@ def compare(circuit: Circuit, inputs: np.ndarray | None = None, *, method: str =
     seconds = time.perf_counter() - t0
     emu = res.voltages_of(circuit.nodes).double().cpu().numpy()
     notes = sorted({n for op in ops for n in op.notes})
-    return Comparison(list(circuit.nodes), spice, emu, sum(op.seconds for op in ops), seconds, options, method,
+    return Comparison(list(circuit.nodes), spice, emu, sum(op.seconds for op in ops), seconds, options, res.method,
                       res.iterations, res.residual, notes)
