@@ -1,4 +1,9 @@
-"""The PyTorch emulator: compiled circuits, their energy, steady-state solvers and EP."""
+"""The PyTorch emulator: compiled circuits (tensors of a Circuit), their energy (co-content),
+operators, steady-state solvers (a registry), the settle driver, EP's estimate and the exact
+equilibrium gradient.
+
+May import: ``circuit``. Never ``spice`` (the emulator runs without PySpice/ngspice).
+"""
 from .compiled import Compiled, compile_circuit
 from .energy import cost, energy
 from .settle import ConvergenceError, SettleResult, settle

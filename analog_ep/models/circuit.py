@@ -155,9 +155,14 @@ class AnalogCircuit(nn.Module, EPModel):
         """Layer (1-based) of a layered circuit's trainable key such as 'g:w2p' or 'g:b1n'."""
         return int(key[3:-1])
 
+    def volts(self, x) -> torch.Tensor:
+        """Input voltages (B, n_in) for a batch of inputs: x × input_voltage volts (the one
+        place data values become volts)."""
+        return self.as_input(x) * self.input_voltage
+
     def sources(self, x) -> torch.Tensor:
-        """Source voltages (B, n_src) for a batch of inputs: x × input_voltage volts."""
-        return self.cc.inputs_to_sources(self.as_input(x) * self.input_voltage)
+        """Source voltages (B, n_src) for a batch of inputs: x{i}p = +volts, x{i}n = −volts."""
+        return self.cc.inputs_to_sources(self.volts(x))
 
     def _settle_kw(self) -> dict:
         kw = dict(rtol=self.rtol, max_iters=self.max_iters)
@@ -246,6 +251,6 @@ class AnalogCircuit(nn.Module, EPModel):
         values × ``input_voltage`` volts), e.g. to export the deck of one digit."""
         if len(x) != self.n_in:
             raise ValueError(f"the circuit has {self.n_in} inputs; got {len(x)} values")
-        volts = [float(v) * self.input_voltage for v in x]
+        volts = self.volts(torch.as_tensor([list(x)], dtype=torch.float64))[0].tolist()
         plus, minus = input_pairs(len(volts))
         return self.to_circuit().with_sources({**dict(zip(plus, volts)), **dict(zip(minus, [-v for v in volts]))})

@@ -12,15 +12,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .common import glorot, grads_at, nudges
+from .common import activation, glorot, grads_at, nudges
 
-ACTIVATIONS = {
-    # name: (σ, σ')
-    "tanh": (torch.tanh, lambda s: 1 - torch.tanh(s) ** 2),
-    # seed 003 App. E: σ(x) = 1 / (1 + exp(−4(x − ½)))
-    "sigmoid": (lambda s: torch.sigmoid(4 * (s - 0.5)), lambda s: 4 * torch.sigmoid(4 * (s - 0.5)) * (1 - torch.sigmoid(4 * (s - 0.5)))),
-    "hardsigmoid": (lambda s: s.clamp(0, 1), lambda s: ((s >= 0) & (s <= 1)).to(s.dtype)),
-}
+ACTIVATIONS = ("tanh", "sigmoid", "hardsigmoid")  # the activations the discrete models take
 
 
 def layered_pairs(n_layers: int) -> list[tuple[int, int]]:
@@ -36,9 +30,7 @@ class DiscreteModel:
     nudge_scale = 1.0  # the nudged step adds −(nudge_scale·β) ∂ℓ/∂s⁰
 
     def __init__(self, act: str, dtype=torch.float64, device="cpu"):
-        if act not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, not {act!r}")
-        self.sigma, self.dsigma = ACTIVATIONS[act]
+        self.sigma, self.dsigma = activation(act, ACTIVATIONS)
         self.dtype, self.device = dtype, torch.device(device)
         self.shapes: list[tuple[int, ...]] = []
         self.params: dict[str, torch.Tensor] = {}

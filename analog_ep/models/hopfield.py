@@ -13,14 +13,9 @@ import math
 
 import torch
 
-from .common import glorot, grads_at, nudges
+from .common import activation, glorot, grads_at, nudges
 
-RHO = {
-    # ρ' = 1 on the closed interval: a unit at a bound can leave it when driven inward
-    "hardsigmoid": (lambda s: s.clamp(0, 1), lambda s: ((s >= 0) & (s <= 1)).to(s.dtype)),
-    # smooth ρ for the RBP check (the equivalence is about a twice-differentiable energy)
-    "logistic": (torch.sigmoid, lambda s: torch.sigmoid(s) * (1 - torch.sigmoid(s))),
-}
+RHO = ("hardsigmoid", "logistic")  # the activations a Hopfield net takes
 
 
 class HopfieldNet:
@@ -29,9 +24,7 @@ class HopfieldNet:
     def __init__(self, sizes: list[int], rho: str = "hardsigmoid", dtype=torch.float32, device="cpu", seed: int = 0,
                  init_scale: float = 1.0):
         self.sizes, self.dtype, self.device = list(sizes), dtype, torch.device(device)
-        if rho not in RHO:
-            raise ValueError(f"hopfield activation must be one of {sorted(RHO)}, not {rho!r}")
-        self.rho, self.drho = RHO[rho]
+        self.rho, self.drho = activation(rho, RHO)
         g = torch.Generator().manual_seed(seed)
         self.params = {}
         for k in range(1, len(sizes)):  # Glorot-uniform weights, zero biases

@@ -52,8 +52,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, s
                       deployment="deploy-only" if deploy is not None else "in-the-loop")
     if spice > 0:
         n = min(spice, len(d.y_test))
-        chk = spice_check(circuit.to_circuit(), np.asarray(d.x_test[:n], dtype=np.float64) * circuit.input_voltage,
-                          d.y_test[:n])
+        chk = spice_check(circuit.to_circuit(), circuit.volts(d.x_test[:n]).double().cpu().numpy(), d.y_test[:n])
         result.update(spice_n=chk.n, spice_agree=chk.agree, max_abs_dv=chk.max_abs_dv,
                       spice_seconds=chk.spice_seconds, spice_errors=chk.spice_errors)
     return result
