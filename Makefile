@@ -37,7 +37,7 @@ demo: data
 	$(BIN)/python examples/demo.py
 
 # The default suite is fast; slow tests run with `make test-all` (a CI subset of them is unmarked).
-test: setup
+test: data
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-all: setup
