@@ -137,7 +137,7 @@ class Trainer:
                     params={k: self.params[k].detach().cpu().clone() for k in self.keys},
                     optimizer=self.opt.state_dict(), rng=self.gen.get_state(),
                     history=[m.__dict__ for m in self.history],
-                    **({} if self.devices is None else dict(device_rng=self.devices.gen.get_state())))
+                    **({} if self.devices is None else dict(devices=self.devices.state_dict())))
 
     def load_state(self, state: dict) -> None:
         with torch.no_grad():
@@ -146,8 +146,8 @@ class Trainer:
         if "optimizer" in state:  # a packed (pretrained) checkpoint has weights only
             self.opt.load_state_dict(state["optimizer"])
             self.gen.set_state(state["rng"])
-            if self.devices is not None:
-                self.devices.gen.set_state(state["device_rng"])
+            if self.devices is not None:  # checkpoints before the noise process saved the generator alone
+                self.devices.load_state_dict(state.get("devices") or dict(gen=state["device_rng"], time=0.0, noise=None))
         self.epoch = int(state["epoch"])
         self.history = [Metrics(**m) for m in state["history"]]
 
@@ -155,7 +155,7 @@ class Trainer:
         """A small checkpoint for distribution: config, history and conductances (float16 with
         ``half``), without optimizer or RNG state — it evaluates and exports, but cannot resume."""
         state = self.state()
-        for k in ("optimizer", "rng", "device_rng"):
+        for k in ("optimizer", "rng", "devices"):
             state.pop(k, None)
         if half:
             state["params"] = {k: v.half() for k, v in state["params"].items()}
