@@ -178,7 +178,8 @@ class DeviceArray:
         process's present time); without a window, the next phase on the array's own clock
         (``schedule(["read"])``), so a caller that views once per settle gets back-to-back phases.
         A read integrating over a window is modelled by the circuit at the window-mean
-        conductances (exact to first order in the fluctuation)."""
+        conductances (exact to first order in the fluctuation). One view serves a whole batch:
+        its samples are read in the same windows (as by parallel copies of the array)."""
         if not self.noisy_reads:
             return self.hardware
         m, p = self.model, dict(self.hardware.params)

@@ -21,10 +21,11 @@ White part
     Δ = ln(f_max/f_min)/N; each has time constant τ_k = 1/(2π f_k) and stationary variance
     σ_k² = Q² Δ. An OU process of variance σ² and time constant τ has the one-sided PSD
     4σ²τ / (1 + (2πfτ)²); summed over a density of τ uniform in ln τ with variance Q² per unit
-    ln τ it gives ∫ 4Q²τ/(1+(2πfτ)²) dτ/τ = Q²/f, the textbook construction of 1/f noise
-    (van der Ziel, Proc. IEEE 76, 233 (1988)). Slow components are nearly constant between
-    two reads close in time, so window means do NOT average down like white noise, and the
-    difference of two close reads (correlated double sampling) cancels most of them.
+    ln τ it gives ∫ 4Q²τ/(1+(2πfτ)²) dτ/τ = Q²/f, the classic superposition of relaxation
+    processes behind 1/f noise (McWhorter 1957; Dutta & Horn, Rev. Mod. Phys. 53, 497 (1981)).
+    Slow components are nearly constant between two reads close in time, so window means do
+    NOT average down like white noise, and the difference of two close reads (correlated
+    double sampling) cancels most of them.
 
 Random telegraph noise (optional)
     A fraction of the devices carries one two-state trap: ``ξ_rtn = A (s − p)`` with s = 1 in
@@ -38,8 +39,8 @@ Exact time stepping (any, irregular, time axis)
     (exact transition). The integral I = ∫ x dt over a window of length Δt given its start
     value x₀ is Gaussian and jointly Gaussian with the end value; with a = 1 − e,
     E[I | x₀] = τ a x₀, Var[I | x₀] = σ²τ²(2u − 2a − a²), Cov[I, x(t+Δt) | x₀] = σ²τ a²
-    (Gillespie, Phys. Rev. E 54, 2084 (1996), eqs. 2.10–2.13; from the conditional covariance
-    σ²(e^(−|s−s'|/τ) − e^(−(s+s')/τ)) integrated over the window). Sampling the end value first
+    (Gillespie, Phys. Rev. E 54, 2084 (1996); they follow from integrating the conditional
+    covariance σ²(e^(−|s−s'|/τ) − e^(−(s+s')/τ)) over the window). Sampling the end value first
     and then I given it:
     ``I = τ a x₀ + σ τ a √tanh(u/2) z₁ + σ τ √(2(u − 2 tanh(u/2))) z₂`` with independent
     standard normals z₁ (shared with the end value) and z₂; the conditional variance
@@ -56,7 +57,7 @@ Using it (the EP estimators)
     over [t0, t1] (what a read integrating over that window sees) and leaves the process at t1;
     ``mean_over(windows)`` averages several disjoint windows (repeated reads). Reads of the
     phases of one EP step are successive windows on one time axis (see ``readout.ep_timeline``):
-    a free and a nudged read 1 µs apart share nearly all of the 1/f part. ``NoiseSpec.psd(f)``
+    a free and a nudged read D seconds apart share the 1/f components slower than ~1/D. ``NoiseSpec.psd(f)``
     and ``NoiseSpec.read_covariance(T, lag)`` give the spectrum (e.g. at a lock-in frequency)
     and the exact covariance of two reads, for choosing windows and predicting residuals.
     ``state_dict()`` / ``load_state_dict()`` resume exactly (state, time and generator).
