@@ -219,11 +219,16 @@ class AnalogCircuit(nn.Module, EPModel):
                 p.copy_(self.devices.update(k, before[k], p))
 
     def extra_state(self) -> dict:
-        return {} if self.devices is None else dict(device_rng=self.devices.gen.get_state())
+        """The devices' generator, clock and read-noise process (exact resume in the loop)."""
+        return {} if self.devices is None else dict(devices=self.devices.state_dict())
 
     def load_extra_state(self, state: dict) -> None:
-        if self.devices is not None and "device_rng" in state:
-            self.devices.gen.set_state(state["device_rng"])
+        if self.devices is None:
+            return
+        if "devices" in state:
+            self.devices.load_state_dict(state["devices"])
+        elif "device_rng" in state:  # checkpoints before the read-noise process saved the generator alone
+            self.devices.load_state_dict(dict(gen=state["device_rng"], time=0.0, noise=None))
 
     def summary(self) -> str:
         return self.circuit.summary()
