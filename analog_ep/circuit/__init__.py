@@ -6,7 +6,7 @@ May import: numpy, networkx. No other analog_ep package and no torch.
 """
 from .builder import DiodeModel, from_graph, layered, parse_layers
 from .ir import (GROUND, Amplifiers, Circuit, CircuitError, Conductances, CurrentSources, Diodes, Nudges, Role,
-                 VoltageSources)
+                 VoltageSources, is_ground_name)
 
 __all__ = ["DiodeModel", "from_graph", "layered", "parse_layers", "GROUND", "Amplifiers", "Circuit", "CircuitError",
-           "Conductances", "CurrentSources", "Diodes", "Nudges", "Role", "VoltageSources"]
+           "Conductances", "CurrentSources", "Diodes", "Nudges", "Role", "VoltageSources", "is_ground_name"]

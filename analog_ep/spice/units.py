@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
-_SCALE = {"t": 1e12, "g": 1e9, "meg": 1e6, "k": 1e3, "mil": 25.4e-6, "m": 1e-3,
-          "u": 1e-6, "n": 1e-9, "p": 1e-12, "f": 1e-15, "a": 1e-18}
+_DECADES = {"t": 12, "g": 9, "meg": 6, "k": 3, "m": -3, "u": -6, "n": -9, "p": -12, "f": -15, "a": -18}
+_MIL = 25.4e-6  # m: one thousandth of an inch
 _NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)(meg|mil|[tgkmunpfa])?([a-z]*)$", re.IGNORECASE)
 
 
 def parse_value(token: str) -> float:
     """A SPICE number: optional scale suffix, then any unit letters, which SPICE ignores
-    (``10kohm`` = 1e4). Raises ValueError for anything else, e.g. expressions."""
+    (``10kohm`` = 1e4, ``4pF`` = 4e-12). Decimal scale factors shift the exponent exactly, so
+    ``100u`` is the double nearest 1e-4. Raises ValueError for anything else, e.g. expressions."""
     m = _NUMBER.match(token.strip())
     if not m:
         raise ValueError(f"not a SPICE number: {token!r}")
-    value = float(m.group(1)) * _SCALE.get((m.group(2) or "").lower(), 1.0)
+    suffix = (m.group(2) or "").lower()
+    if suffix == "mil":
+        value = float(m.group(1)) * _MIL
+    else:
+        value = float(Decimal(m.group(1)).scaleb(_DECADES.get(suffix, 0)))
     if not math.isfinite(value):
         raise ValueError(f"not a finite number: {token!r}")
     return value
