@@ -227,3 +227,19 @@ def test_check_command_prints_the_note(tmp_path):
     res = CliRunner().invoke(app, ["check", str(path)])
     assert res.exit_code == 0, res.output
     assert "note: diode model D1N4148: CJO, VJ, M, FC, TT kept for export" in res.output
+
+
+def test_parser_time_is_linear_in_the_number_of_amplifiers():
+    """Amplifier triples (E + sense V + F) are matched by dictionary: a 10x larger deck takes at
+    most 15x longer. Both sizes are timed in this run, alternately, and the minimum of 5 repeats
+    of each is compared (the small deck takes ~0.1 s here, so timer noise is small)."""
+    import time
+    small, big = (write_deck(layered(f"2,{n},2", seed=0, diode=None, bias=False)) for n in (400, 4000))
+    assert big.count("\nE") == 10 * small.count("\nE") == 4000
+    best = {small: float("inf"), big: float("inf")}
+    for _ in range(5):
+        for text in (small, big):
+            t0 = time.perf_counter()
+            parse_deck(text)
+            best[text] = min(best[text], time.perf_counter() - t0)
+    assert best[big] <= 15 * best[small], f"{best[big]:.3f} s vs {best[small]:.3f} s"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -91,6 +92,7 @@ _REFUSED_DIRECTIVES = {
     ".exec": ".exec is refused: it runs control-language commands",
 }
 _META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f]")  # control characters other than tab
 
 
 class NetlistError(ValueError):
@@ -101,7 +103,7 @@ class NetlistError(ValueError):
         super().__init__(f"{source}:{line}: {reason}" if line is not None else f"{source}: {reason}")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Elem:
     letter: str
     name: str
@@ -130,7 +132,7 @@ class _Deck:
     elems: list[_Elem] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Line:
     """One logical line: its physical lines (number, text), the first one and its '+' continuations."""
 
@@ -142,20 +144,19 @@ class _Line:
 
     @property
     def text(self) -> str:
-        return " ".join(text for _, text in self.parts)
+        return self.parts[0][1] if len(self.parts) == 1 else " ".join(text for _, text in self.parts)
 
     def tokens(self) -> list[tuple[str, int]]:
         """Whitespace-separated tokens with their physical line; ``key = value`` becomes one token."""
         return [(tok, no) for no, text in self.parts for tok in re.sub(r"\s*=\s*", "=", text).split()]
 
 
-def _logical_lines(text: str, fail) -> list[_Line]:
+def _logical_lines(text: str, fail) -> Iterator[_Line]:
     """Strip inline comments and join ``+`` continuations to the last statement (as ngspice does,
-    across full-line comments)."""
-    out: list[_Line] = []
-    last: _Line | None = None
+    across full-line comments). A generator: a 10^6-line deck is never held as line objects."""
+    held: list[_Line] = []  # the last statement and the comments after it, until no '+' can follow
     for no, raw in enumerate(text.splitlines()[1:], start=2):
-        if any(ord(ch) < 32 and ch != "\t" for ch in raw):
+        if _CONTROL.search(raw):
             fail("control characters are not allowed", no)
         line = raw.strip()
         if not line.startswith("*"):
@@ -163,14 +164,18 @@ def _logical_lines(text: str, fail) -> list[_Line]:
         if not line:
             continue
         if line.startswith("+"):
-            if last is None:
+            if not held:
                 fail("continuation line '+' with nothing to continue", no)
-            last.parts.append((no, line[1:].strip()))
-            continue
-        out.append(_Line([(no, line)]))
-        if not line.startswith("*"):
-            last = out[-1]
-    return out
+            held[0].parts.append((no, line[1:].strip()))
+        elif line.startswith("*"):
+            if held:
+                held.append(_Line([(no, line)]))
+            else:
+                yield _Line([(no, line)])
+        else:
+            yield from held
+            held = [_Line([(no, line)])]
+    yield from held
 
 
 def _node(token: str, no: int, fail) -> str:
