@@ -4,7 +4,7 @@ import pytest
 from analog_ep.circuit import Conductances, Diodes, DiodeModel, Role, from_graph, layered
 from analog_ep.circuit.transforms import fold_sources
 from analog_ep.spice import NetlistError, deck_notes, parse_deck, write_deck
-from analog_ep.spice.units import format_value, parse_value
+from analog_ep.circuit.units import format_value, parse_value
 
 from .conftest import NETLISTS
 from .test_circuit import graph

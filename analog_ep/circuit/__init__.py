@@ -1,6 +1,6 @@
 """The Circuit IR (nodes, element groups, roles; immutable, numpy only), the builders that make
-Circuits from layer specs and networkx graphs, rewrites (series resistance, Norton folding) and
-physical constants.
+Circuits from layer specs and networkx graphs, rewrites (series resistance, Norton folding),
+physical constants and SI numbers with scale suffixes (``units``).
 
 May import: numpy, networkx. No other analog_ep package and no torch.
 """

@@ -28,6 +28,7 @@ from .ir import (
     VoltageSources,
     is_ground_name,
 )
+from .units import parse_value
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,13 @@ class DiodeModel:
     def parse(cls, text: str) -> "DiodeModel":
         """``"ideal"``, ``"IS,N"``, ``"IS,N,RS"``, ``"IS,N,RS,BV"`` or ``"IS,N,RS,BV,IBV"``
         (SI suffixes allowed)."""
-        from ..spice.units import parse_value
-
         text = text.strip()
         if text.lower() == "ideal":
             return cls(ideal=True)
         parts = [p for p in text.split(",") if p.strip()]
         if not 2 <= len(parts) <= 5:
-            raise ValueError(f"diode spec {text!r}: expected 'ideal' or 'IS,N' optionally followed by ',RS', ',BV', ',IBV'")
+            raise ValueError(f"diode spec {text!r}: expected 'ideal', or 'IS,N' optionally followed by "
+                             "',RS', ',BV', ',IBV'")
         return cls(**dict(zip(("IS", "N", "RS", "BV", "IBV"), (parse_value(p) for p in parts))))
 
     def describe(self) -> str:

@@ -1,5 +1,5 @@
 """SPICE side: deck export, validated deck import, the ngspice runner (``ngspice -b`` in a
-subprocess), the PySpice bridge and SI-number parsing.
+subprocess) and the PySpice bridge (SI numbers: ``circuit.units``, re-exported as ``units``).
 
 May import: ``circuit``. Never torch-based layers.
 """

@@ -25,7 +25,7 @@ from ..circuit.ir import (
     Role,
     VoltageSources,
 )
-from .units import format_value
+from ..circuit.units import format_value
 
 # Tight enough for microvolt agreement with the emulator; gmin is the conductance ngspice
 # puts across every junction, which the emulator models when comparing.

@@ -37,7 +37,7 @@ from ..circuit.ir import (
     is_ground_name,
 )
 from .netlist import DERIVED_META, inferred_roles
-from .units import parse_value
+from ..circuit.units import parse_value
 
 OPTION_KEYS = {"reltol", "abstol", "vntol", "gmin", "itl1", "itl2", "gminsteps", "srcsteps", "pivtol", "pivrel"}
 DIODE_DC_PARAMS = {"is": "IS", "js": "IS", "n": "N", "rs": "RS", "bv": "BV", "ibv": "IBV", "ib": "IBV"}
