@@ -161,3 +161,13 @@ def test_diode_model_parse():
     assert DiodeModel.parse("2.52n,1.752,.568,100,100u") == DiodeModel(2.52e-9, 1.752, 0.568, BV=100.0, IBV=1e-4)
     with pytest.raises(ValueError):
         DiodeModel.parse("1e-14")
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(BV=0.0), "BV > 0"), (dict(IBV=float("inf")), "finite IBV"), (dict(IBV=-1e-3), "IBV > 0"),
+    (dict(non_dc=[(("CJO", 1e-12),)]), "1 non-DC parameter sets for 2 diodes"),
+])
+def test_bad_breakdown_and_card_parameters(kw, message):
+    from analog_ep.circuit import Diodes
+    with pytest.raises(CircuitError, match=message):
+        Diodes("d", [1, 2], [0, 0], 1e-14, 1.0, 0.0, **kw)

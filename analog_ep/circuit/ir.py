@@ -210,11 +210,6 @@ class Diodes:
                     memo[id(p)] = tuple((str(k), float(v)) for k, v in p)
             object.__setattr__(self, "non_dc", tuple(memo[id(p)] for p in self.non_dc))
 
-    @property
-    def breakdown(self) -> bool:
-        """Whether any diode of the group has a finite breakdown voltage."""
-        return bool(np.isfinite(self.BV).any())
-
 
 @dataclass(frozen=True)
 class Amplifiers:
