@@ -50,6 +50,10 @@ class DeviceModel:
     settle_sweeps: int = 0  # stop every settle after this many sweeps (finite settling; 0: converge)
 
     def validate(self) -> "DeviceModel":
+        odd = [f.name for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), float)
+               and not math.isfinite(getattr(self, f.name)) and not (f.name == "on_off" and getattr(self, f.name) > 0)]
+        if odd:
+            raise ValueError(f"device model: {', '.join(odd)} must be finite (only on_off may be inf)")
         bad = [f.name for f in dataclasses.fields(self)
                if isinstance(getattr(self, f.name), (int, float)) and not isinstance(getattr(self, f.name), bool)
                and getattr(self, f.name) < 0]
