@@ -11,31 +11,34 @@ from enum import Enum
 from pathlib import Path
 from typing import Iterator, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
+
+# click's UsageError (a missing option, a value of the wrong type), from the click that typer uses
+# (recent typers bundle their own copy): the base class of typer.BadParameter
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 @contextmanager
 def _one_line_usage_errors() -> Iterator[None]:
-    """Click's usage errors (a missing option, a value of the wrong type) as one ``error:`` line
-    and exit status 2, instead of the usage text and a framed message."""
+    """Usage errors as one ``error:`` line and exit status 2, instead of the usage text and a
+    framed message."""
     try:
         yield
-    except click.exceptions.NoArgsIsHelpError:
-        raise
-    except click.UsageError as e:
+    except _USAGE_ERROR as e:
         where = f"{e.ctx.command_path}: " if e.ctx is not None else ""
-        click.echo(f"error: {where}{' '.join(e.format_message().split())}", err=True)
-        raise click.exceptions.Exit(2) from None
+        typer.echo(f"error: {where}{' '.join(e.format_message().split())}", err=True)
+        raise typer.Exit(2) from None
 
 
 class _Commands(TyperGroup):
-    def make_context(self, *args, **kwargs) -> click.Context:
+    def make_context(self, info_name, args, *rest, **kwargs):
+        if not args:  # no arguments: the help text (no_args_is_help)
+            return super().make_context(info_name, args, *rest, **kwargs)
         with _one_line_usage_errors():
-            return super().make_context(*args, **kwargs)
+            return super().make_context(info_name, args, *rest, **kwargs)
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         with _one_line_usage_errors():
             return super().invoke(ctx)
 

@@ -16,6 +16,7 @@ from analog_ep.spice import read_deck
 from analog_ep.data import load_dataset, restricted_pickle_load
 from analog_ep.data.datasets import DataError, read_idx
 from analog_ep.train import Config, Trainer, TrainingError, load_checkpoint
+from analog_ep.train.trainer import Metrics
 from tests.conftest import tiny_toml
 
 runner = CliRunner()
@@ -197,6 +198,22 @@ def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path):
     with pytest.raises(Exception, match="non-finite|diverged|not converged"):
         tr.fit(progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+
+
+def test_a_run_collapsing_to_chance_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    tr = Trainer(tiny_config(epochs=1), data=DIGITS, out=tmp_path)
+    tr.fit(progress=False)
+    assert tr.history[-1].val_error < 0.8
+    tr.cfg = tr.cfg.updated(train=dict(lr=[0.1], epochs=6))  # huge: every step slams the conductances to a bound
+    with pytest.raises(TrainingError, match=r"collapsed to chance.*last good checkpoint \(epoch 1\) is kept"):
+        tr.fit(progress=False)
+    assert load_checkpoint(tmp_path, data=DIGITS).epoch == 1
+    assert len(json.loads((tmp_path / "metrics.json").read_text())) == 3  # the collapsed epochs are reported
+    # the rule: the latest epochs within the margin of chance (0.9), counted after a better one
+    at = lambda *errors: [Metrics(i + 1, 0.0, 0.0, e, 0.0, 0.0) for i, e in enumerate(errors)]
+    for errors, collapsed in [((0.9, 0.91), 0), ((0.5, 0.88), 1), ((0.9, 0.5, 0.88, 0.9), 2), ((0.5, 0.9, 0.6), 0)]:
+        tr.history = at(*errors)
+        assert tr.collapsed_epochs() == collapsed, errors
 
 
 @pytest.mark.spice

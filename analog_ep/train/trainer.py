@@ -265,9 +265,10 @@ class Trainer:
         atomic_write(self.out / "metrics.csv", write_csv)
 
 
-def _first_line(e: BaseException) -> str:
+def _gist(e: BaseException) -> str:
+    """The first sentence of an error's message (torch's run to paragraphs)."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(e).__name__
 
 
 def read_checkpoint(path: str | Path) -> tuple[Path, dict]:
@@ -279,10 +280,12 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict]:
         path = path / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty, not a checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load fails in many ways on a file that is not a checkpoint
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {_gist(e)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a checkpoint: it holds a {type(state).__name__}, not a table")
     missing = [k for k in ("config", "epoch", "params", "history") if k not in state]
@@ -302,7 +305,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu", data: Dataset | None 
         trainer = Trainer(cfg, device=device, out=path.parent, data=data, dist=dist)
         trainer.load_state(state)
     except (ValueError, TypeError, KeyError, RuntimeError) as e:  # RuntimeError: torch's optimizer/RNG state checks
-        raise CheckpointError(f"{path}: {_first_line(e)}") from None
+        raise CheckpointError(f"{path}: {_gist(e)}") from None
     if path == trainer.out / CHECKPOINT:
         trainer.saved_epoch = trainer.epoch
     return trainer
