@@ -27,6 +27,7 @@ from ..circuit import parse_layers
 from ..devices import DeviceModel
 from ..models.circuit import diode_from_spec
 from ..models.discrete import ACTIVATIONS as DISCRETE_ACTIVATIONS
+from ..models.estimators import KINDS as ESTIMATORS
 from ..models.hopfield import RHO as HOPFIELD_ACTIVATIONS
 
 FORMAT = 2  # config_format of Config.to_dict (1: the flat format of earlier checkpoints)
@@ -172,8 +173,14 @@ class TrainConfig:
     max_iters: int = setting(200, ge=1, circuit_only=True)  # settle sweeps
     seed: int = setting(0, ge=0)
     eval_batch: int = setting(1000, ge=1)
+    # circuits on devices: ep (per-settle reads) | cds | lockin (analog_ep.models.estimators)
+    estimator: str = setting("ep", choices=ESTIMATORS, circuit_only=True)
+    lockin_periods: int = setting(4, ge=1, circuit_only=True)  # lockin: K periods of the oscillating nudge
+    lockin_points: int = setting(4, ge=2, circuit_only=True)  # lockin: N settles per period
+    update_time: float = setting(0.0, ge=0, circuit_only=True)  # s on the devices' clock between two EP steps (programming pulses)
 
-    CIRCUIT_ONLY: ClassVar[tuple[str, ...]] = ("g_min", "g_max", "rtol", "max_iters")
+
+CIRCUIT_ONLY = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("circuit_only"))  # [train] settings of circuits
 
 
 @dataclass
@@ -318,7 +325,7 @@ class Config:
         if self.circuit is not None:
             out["circuit"] = dataclasses.asdict(self.circuit)
         out["train"] = {k: v for k, v in dataclasses.asdict(self.train).items()
-                        if self.is_circuit or k not in TrainConfig.CIRCUIT_ONLY}
+                        if self.is_circuit or k not in CIRCUIT_ONLY}
         out["device"] = dataclasses.asdict(self.device)
         out["model"] = dict(kind=self.model.kind, **dataclasses.asdict(self.model))
         return out
@@ -367,7 +374,7 @@ class Config:
             raw["model"] = {k: v for k, v in model.items() if k == "kind" or k in own}
             if kind != "circuit":
                 raw.pop("circuit", None)
-                raw["train"] = {k: v for k, v in raw.get("train", {}).items() if k not in TrainConfig.CIRCUIT_ONLY}
+                raw["train"] = {k: v for k, v in raw.get("train", {}).items() if k not in CIRCUIT_ONLY}
         return cls.from_dict(raw)
 
     @classmethod
