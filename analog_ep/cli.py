@@ -1,16 +1,49 @@
-"""The ``analog-ep`` command line. Every command exits non-zero with a one-line reason on bad
-input; ``--json`` puts one JSON object on the last line of stdout."""
+"""The ``analog-ep`` command line. On bad input every command exits with status 2 and one line
+on stderr starting with ``error:`` (usage errors included), and leaves no partial output file;
+``--json`` puts one JSON object on the last line of stdout."""
 from __future__ import annotations
 
 import json
+import math
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# click's UsageError (a missing option, a value of the wrong type), from the click that typer uses
+# (recent typers bundle their own copy): the base class of typer.BadParameter
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """Usage errors as one ``error:`` line and exit status 2, instead of the usage text and a
+    framed message."""
+    try:
+        yield
+    except _USAGE_ERROR as e:
+        where = f"{e.ctx.command_path}: " if e.ctx is not None else ""
+        typer.echo(f"error: {where}{' '.join(e.format_message().split())}", err=True)
+        raise typer.Exit(2) from None
+
+
+class _Commands(TyperGroup):
+    def make_context(self, info_name, args, *rest, **kwargs):
+        if not args:  # no arguments: the help text (no_args_is_help)
+            return super().make_context(info_name, args, *rest, **kwargs)
+        with _one_line_usage_errors():
+            return super().make_context(info_name, args, *rest, **kwargs)
+
+    def invoke(self, ctx):
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
                   help="Symmetric neural networks as analog circuits: export SPICE netlists, emulate "
                        "Equilibrium Propagation training, and compare SPICE with the emulator.")
 
@@ -34,12 +67,25 @@ def _floats(text: str, what: str) -> list[float]:
         _fail(f"{what}: {e}")
 
 
-def _user_errors():
+def _positive_seconds(value: float, option: str) -> float:
+    if not (0 < value < math.inf):
+        _fail(f"{option}: expected a number of seconds > 0, got {value:g}")
+    return value
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What bad input (files, settings, decks, data) raises on its way through the library."""
+    import pickle
+
     from .circuit.ir import CircuitError
+    from .data.datasets import DataError
+    from .emulator.settle import ConvergenceError
     from .spice.ngspice import SpiceError
     from .spice.parser import NetlistError
+    from .train import TrainingError
 
-    return (CircuitError, NetlistError, SpiceError, ValueError, KeyError, OSError)
+    return (CircuitError, NetlistError, SpiceError, ConvergenceError, DataError, TrainingError, ValueError, KeyError,
+            OSError, TypeError, IndexError, EOFError, pickle.UnpicklingError)
 
 
 def _guard(fn):
@@ -51,8 +97,10 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except _user_errors() as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            _fail(msg)
+            text = str(e).strip()
+            if isinstance(e, KeyError) and e.args:  # str(KeyError) is the key's repr alone
+                text = f"missing key {e.args[0]!r}"
+            _fail(" ".join(text.splitlines()[0].split()) if text else type(e).__name__)
     return wrapper
 
 
@@ -102,14 +150,16 @@ def export(
     from .circuit import DiodeModel, from_graph, layered
     from .circuit.transforms import fold_sources
     from .spice.netlist import save_deck
+    from .train.files import atomic_write
 
     if sum(x is not None for x in (layers, graph, checkpoint)) != 1:
         _fail("give exactly one of --layers, --graph or --checkpoint")
     dmodel = None if diode.strip().lower() == "none" else DiodeModel.parse(diode)
     if checkpoint is not None:
-        from .models import AnalogCircuit
+        from .studies.evaluate import circuit_of
+        from .train import load_checkpoint
 
-        model = AnalogCircuit.from_checkpoint(checkpoint)
+        model = circuit_of(load_checkpoint(checkpoint))
         circuit = model.to_circuit()
         if inputs is not None:
             circuit = model.with_inputs(_floats(inputs, "--inputs"))
@@ -135,9 +185,10 @@ def export(
     if pyspice:
         from .spice.pyspice import to_pyspice
 
-        output.write_text(str(to_pyspice(circuit)))
+        text = str(to_pyspice(circuit))
+        atomic_write(output, lambda tmp: tmp.write_text(text))
     else:
-        save_deck(circuit, output)
+        atomic_write(output, lambda tmp: save_deck(circuit, tmp))
     typer.echo(f"wrote {output}: {circuit.summary()}", err=True)
 
 
@@ -159,6 +210,7 @@ def spice(
     """Run the DC operating point of a deck in ngspice and print the node voltages."""
     from .spice.ngspice import run_op
 
+    _positive_seconds(timeout, "--timeout")
     circuit = _read_deck(deck)
     op = run_op(circuit, timeout=timeout)
     for note in op.notes:
@@ -182,19 +234,21 @@ def compare(
     batch_inputs: Optional[Path] = typer.Option(None, help="CSV or .npy of input rows (one column per input source)."),
     method: str = typer.Option("auto", help="Emulator solver: auto, bcd or newton."),
     rows: int = typer.Option(20, help="Rows of the node table (worst nodes first)."),
+    timeout: float = typer.Option(900.0, help="Seconds before each ngspice run is stopped."),
 ):
     """Run a deck in ngspice and in the emulator; compare node by node and time both."""
     import numpy as np
 
     from .studies.compare import compare as run_compare
 
+    _positive_seconds(timeout, "--timeout")
     circuit = _read_deck(deck)
     inputs = None
     if batch_inputs is not None:
         if not batch_inputs.exists():
             raise FileNotFoundError(f"no such file: {batch_inputs}")
         inputs = np.load(batch_inputs) if batch_inputs.suffix == ".npy" else np.loadtxt(batch_inputs, delimiter=",", ndmin=2)
-    cmp = run_compare(circuit, inputs, method=method)
+    cmp = run_compare(circuit, inputs, method=method, timeout=timeout)
     opts = " ".join(f"{k}={v}" for k, v in cmp.options.items())
     if plot is not None:
         from .studies.plots import parity_plot, save
@@ -231,16 +285,6 @@ def _device_settings(settings: list[str]) -> dict:
     return extra
 
 
-def _device_config(base, preset: Optional[str], settings: list[str], in_the_loop: bool):
-    """The [device] table with a preset and KEY=VALUE overrides from the command line."""
-    import dataclasses
-
-    cfg = dataclasses.replace(base, preset=preset or base.preset, in_the_loop=in_the_loop,
-                              settings={**base.settings, **_device_settings(settings)})
-    cfg.model()  # validates
-    return cfg
-
-
 @app.command()
 @_guard
 def train(
@@ -256,34 +300,42 @@ def train(
 ):
     """Train a circuit with Equilibrium Propagation in the emulator. Under torchrun, data-parallel
     over the ranks (gloo on CPU, NCCL on CUDA); rank 0 writes the run directory."""
+    from contextlib import nullcontext
+
     from .studies.run import finish_run
     from .train import Config, Trainer, TrainingError, load_checkpoint
     from .train.distributed import init_from_env
+    from .train.files import run_lock
 
     cfg = Config.load(config)
     if epochs is not None:
-        cfg.train.epochs = epochs
+        cfg = cfg.updated(train=dict(epochs=epochs))
     if device_model is not None or device_set:
-        cfg.device = _device_config(cfg.device, device_model, device_set, in_the_loop=True)
+        cfg = cfg.updated(device=dict(preset=device_model or cfg.device.preset, in_the_loop=True,
+                                      settings={**cfg.device.settings, **_device_settings(device_set)}))
     dist = init_from_env(device)
     device = dist.device(device)
     out = out or Path("runs") / cfg.name
     ckpt = out / "checkpoint.pt"
-    if resume:
-        trainer = load_checkpoint(ckpt, device=device, dist=dist)
-        trainer.cfg = trainer.cfg.resumable_with(cfg)
-    else:
-        if ckpt.exists():
-            _fail(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
-        trainer = Trainer(cfg, device=device, out=out, dist=dist)
     say = typer.echo if dist.is_main else (lambda *a, **k: None)
-    say(f"{cfg.name}: {trainer.summary()}; {trainer.data.splits}"
-        + (f"; {dist.world} ranks" if dist.active else ""), err=True)
-    try:
-        trainer.fit(progress=progress)
-    except TrainingError as e:
-        _fail(f"{e} (last good checkpoint: {ckpt if ckpt.exists() else 'none'})")
-    done = finish_run(trainer, out)
+    # everything that can be refused is refused before the run directory is made
+    if resume and not ckpt.exists():
+        _fail(f"no checkpoint at {ckpt} to --resume")
+    trainer = None if resume else Trainer(cfg, device=device, out=out, dist=dist)
+    splits = None if resume else trainer.data.splits  # the network fits the data
+    with run_lock(out) if dist.is_main else nullcontext():  # one run per directory (rank 0 writes it)
+        if resume:
+            trainer = load_checkpoint(ckpt, device=device, dist=dist)
+            trainer.cfg = trainer.cfg.resumable_with(cfg)
+            splits = trainer.data.splits
+        elif ckpt.exists():
+            _fail(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+        say(f"{cfg.name}: {trainer.summary()}; {splits}" + (f"; {dist.world} ranks" if dist.active else ""), err=True)
+        try:
+            trainer.fit(progress=progress)
+        except TrainingError as e:
+            _fail(str(e))
+        done = finish_run(trainer, out)
     say(f"test error {100 * done['test_error']:.2f} % on {done['n']} images; wrote {ckpt}, metrics.csv/json, "
         f"{', '.join(Path(p).name for p in done['wrote'])} in {out}")
 
@@ -310,6 +362,8 @@ def evaluate(
     result = evaluate_checkpoint(checkpoint, dataset=dataset, spice=spice, device=device, deploy_preset=device_model,
                                  deploy_settings=extra, realisations=realisations)
     test_error, errors = result["test_error"], result.get("test_errors", [])
+    for note in result["notes"]:
+        typer.echo(f"note: {note}", err=True)
     if as_json:
         typer.echo(json.dumps(result))
     else:

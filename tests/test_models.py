@@ -343,5 +343,5 @@ def test_signed_and_centred_nudging_of_the_seed_models():
             assert float((grads[mode][k] - g).norm() / g.norm()) < 0.05, (mode, k)
     with pytest.raises(ValueError, match="nudges one way"):
         seed_config("p", "centered", continual=True)
-    with pytest.raises(ValueError, match="discrete-time models"):
+    with pytest.raises(ValueError, match="continual does not apply to model kind 'hopfield'"):
         seed_config("hopfield", continual=True)

@@ -16,6 +16,7 @@ from analog_ep.spice import read_deck
 from analog_ep.data import load_dataset, restricted_pickle_load
 from analog_ep.data.datasets import DataError, read_idx
 from analog_ep.train import Config, Trainer, TrainingError, load_checkpoint
+from analog_ep.train.trainer import Metrics
 from tests.conftest import tiny_toml
 
 runner = CliRunner()
@@ -60,16 +61,86 @@ def tiny_config(**train):
 
 
 @pytest.mark.parametrize("section, message", [
-    (dict(train=dict(optimizer="rmsprop")), "optimizer"),
-    (dict(train=dict(nudging="sideways")), "nudging"),
-    (dict(train=dict(lr=[1e-7, 1e-7, 1e-7])), "one per layer"),
-    (dict(train=dict(colour="red")), "unknown setting"),
-    (dict(network=dict()), "unknown config section"),
-    (dict(model=dict(kind="transformer")), "model.kind"),
+    (dict(train=dict(optimizer="rmsprop")), "[train] optimizer: expected one of sgd, adam, got 'rmsprop'"),
+    (dict(train=dict(nudging="sideways")), "[train] nudging: expected one of positive, centered, random"),
+    (dict(train=dict(lr=[1e-7, 1e-7, 1e-7])), "[train] lr: give one learning rate or one per layer (2), got 3"),
+    (dict(train=dict(colour="red")), "[train] colour: unknown setting"),
+    (dict(network=dict()), "unknown config section(s): ['network']"),
+    (dict(model=dict(kind="transformer")), "[model] kind: expected one of circuit, hopfield, eb, p, p-conv, vf"),
+    (dict(train=dict(lr="f")), "[train] lr: expected a list of finite numbers (or one finite number), got 'f'"),
+    (dict(train=dict(lr=[1e-7, "f"])), "[train] lr: expected a list of finite numbers"),
+    (dict(train=dict(lr=-2e-7)), "[train] lr: expected values > 0, got [-2e-07]"),
+    (dict(train=dict(lr=float("nan"))), "[train] lr: expected a list of finite numbers"),
+    (dict(train=dict(epochs="two")), "[train] epochs: expected an integer, got 'two'"),
+    (dict(train=dict(epochs=1.5)), "[train] epochs: expected an integer, got 1.5"),
+    (dict(train=dict(epochs=True)), "[train] epochs: expected an integer, got True"),
+    (dict(train=dict(epochs=-1)), "[train] epochs: expected an integer >= 0, got -1"),
+    (dict(data=dict(batch_size=1.5)), "[data] batch_size: expected an integer, got 1.5"),
+    (dict(train=dict(max_iters=0)), "[train] max_iters: expected an integer >= 1, got 0"),
+    (dict(train=dict(lr_decay=1.5)), "[train] lr_decay: expected a finite number > 0 and <= 1, got 1.5"),
+    (dict(train=dict(target=[0.0, 1.0, 2.0])), "[train] target: expected a list of 2 finite numbers"),
+    (dict(train=dict(g_min=2e-4)), "[train] g_min: expected a value below g_max"),
+    (dict(circuit=dict(bias="yes")), "[circuit] bias: expected true or false, got 'yes'"),
+    (dict(circuit=dict(layers="64,x")), "[circuit] layers: layer spec '64,x'"),
+    (dict(circuit=dict(diode="1e-14")), "[circuit] diode: diode spec"),
+    (dict(name=3), "name: expected a string, got 3"),
+    (dict(train=[1]), "[train]: expected a table, got [1]"),
+    (dict(device=dict(read_noise="high")), "[device] read_noise: expected a number, got 'high'"),
+    (dict(device=dict(read_noise=float("nan"))), "read_noise must be finite"),
+    # a setting that does not apply to the model kind
+    (dict(model=dict(kind="p", eps=0.2)), "[model] eps does not apply to model kind 'p' (a setting of hopfield, eb)"),
+    (dict(model=dict(kind="hopfield", continual=True)), "[model] continual does not apply to model kind 'hopfield'"),
+    (dict(model=dict(kind="circuit", layers="64,10")), "[model] layers does not apply to model kind 'circuit'"),
+    (dict(model=dict(kind="p"), train=dict(g_max=1e-4)), "[train] g_max does not apply to model kind 'p'"),
+    (dict(model=dict(kind="p"), circuit=dict()), "[circuit] applies to model kind 'circuit' only"),
+    (dict(model=dict(kind="vf", angle=200)), "[model] angle: expected a finite number >= 0 and <= 180, got 200"),
+    (dict(model=dict(kind="hopfield", activation="tanh")), "[model] activation: expected one of hardsigmoid, logistic"),
+    (dict(model=dict(kind="p-conv", channels=[])), "[model] channels: expected at least one value"),
 ])
 def test_config_errors(section, message):
-    with pytest.raises(ValueError, match=message):
+    """Every value is checked against its declared type and range: a one-line ValueError that
+    names the key and what it expects."""
+    with pytest.raises(ValueError) as err:
         Config.from_dict(section)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_config_values_are_converted_to_their_declared_types():
+    cfg = Config.from_dict(dict(train=dict(lr=2e-7, beta=1, target=[0, 1]), model=dict()))
+    assert cfg.train.lr == [2e-7] and cfg.train.beta == 1.0 and isinstance(cfg.train.beta, float)
+    assert cfg.train.target == (0.0, 1.0)
+    conv = Config.from_dict(dict(model=dict(kind="p-conv", layers="784,10", channels=16), train=dict(lr=[0.1, 0.01])))
+    assert conv.model.channels == [16] and conv.model.weight_layers(None) == 2
+
+
+def test_config_round_trips_and_keeps_only_what_applies_to_the_kind():
+    p = Config.from_dict(dict(model=dict(kind="p", layers="64,40,10"), train=dict(lr=[0.1])))
+    stored = p.to_dict()
+    assert "circuit" not in stored and "g_max" not in stored["train"] and "eps" not in stored["model"]
+    assert Config.from_dict(stored) == p and Config.from_stored(stored) == p
+    c = tiny_config()
+    assert Config.from_dict(c.to_dict()) == c and c.to_dict()["model"] == {"kind": "circuit"}
+
+
+def test_checkpoints_of_the_flat_config_format_still_load():
+    """Checkpoints written before config_format 2 store every kind's [model] settings, and a
+    [circuit] table and circuit-only [train] settings whatever the kind (as dataclasses.asdict
+    of the old flat ModelConfig gave them); the ones that never applied are dropped."""
+    flat_model = dict(kind="p", layers="64,40,10", activation="sigmoid", free_steps=15, nudged_steps=6, eval_steps=0,
+                      eps=0.5, persistent=False, temperature=0.0, clip=True, continual=False, channels=[32, 64],
+                      kernel=5, pool=2, angle=0.0, init_scale=1.0)
+    flat = dict(name="old", expected="", data=dict(dataset="digits", batch_size=20, train_subset=None),
+                circuit=dict(layers="784,100,10", seed=0, amplifier_gain=4.0, diode="1e-14,1", clamp=(0.6, 0.4),
+                             g_init=(1e-7, 1e-5), bias=True, input_voltage=1.0),
+                train=dict(tiny_config().to_dict()["train"], lr=[0.08, 0.04], optimizer="sgd", nudging="positive"),
+                device=dict(preset="ideal", in_the_loop=False, seed=0, settings={}), model=flat_model)
+    cfg = Config.from_stored(flat)
+    assert cfg.model.kind == "p" and cfg.circuit is None and cfg.model.activation == "sigmoid"
+    with pytest.raises(ValueError, match="applies to model kind 'circuit' only"):
+        Config.from_dict(flat)  # a config file in that shape is refused
+    old_circuit = dict(flat, model=dict(flat_model, kind="circuit"), circuit=tiny_config().to_dict()["circuit"],
+                       train=tiny_config().to_dict()["train"])
+    assert Config.from_stored(old_circuit).circuit == tiny_config().circuit
 
 
 def test_training_learns_and_conductances_stay_in_range():
@@ -127,6 +198,22 @@ def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path):
     with pytest.raises(Exception, match="non-finite|diverged|not converged"):
         tr.fit(progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+
+
+def test_a_run_collapsing_to_chance_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    tr = Trainer(tiny_config(epochs=1), data=DIGITS, out=tmp_path)
+    tr.fit(progress=False)
+    assert tr.history[-1].val_error < 0.8
+    tr.cfg = tr.cfg.updated(train=dict(lr=[0.1], epochs=6))  # huge: every step slams the conductances to a bound
+    with pytest.raises(TrainingError, match=r"collapsed to chance.*last good checkpoint \(epoch 1\) is kept"):
+        tr.fit(progress=False)
+    assert load_checkpoint(tmp_path, data=DIGITS).epoch == 1
+    assert len(json.loads((tmp_path / "metrics.json").read_text())) == 3  # the collapsed epochs are reported
+    # the rule: the latest epochs within the margin of chance (0.9), counted after a better one
+    at = lambda *errors: [Metrics(i + 1, 0.0, 0.0, e, 0.0, 0.0) for i, e in enumerate(errors)]
+    for errors, collapsed in [((0.9, 0.91), 0), ((0.5, 0.88), 1), ((0.9, 0.5, 0.88, 0.9), 2), ((0.5, 0.9, 0.6), 0)]:
+        tr.history = at(*errors)
+        assert tr.collapsed_epochs() == collapsed, errors
 
 
 @pytest.mark.spice

@@ -9,6 +9,7 @@ every weight of the layered circuit is a conductance pair (g+, g-), effective w 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -67,6 +68,38 @@ class DiodeModel:
 
     def group(self, name: str, anode, cathode) -> Diodes:
         return Diodes(name, anode, cathode, self.IS, self.N, self.RS, ideal=self.ideal, BV=self.BV, IBV=self.IBV)
+
+
+BYTES_PER_CONDUCTANCE = 16  # float64 value and the builder's temporaries (measured: about 13)
+BYTES_PER_NODE = 400  # name, roles, index entries (measured: about 370)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable; elsewhere the
+    physical memory), or None if the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_layered_size(sizes: Sequence[int]) -> None:
+    """Refuse a layer spec whose circuit would not fit in memory, before allocating it: the
+    dense conductance blocks (two per layer) and the nodes, at the bytes each takes while built."""
+    conductances = 2 * sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))  # weights and biases
+    nodes = 2 * sizes[0] + 3 * sum(sizes[1:-1]) + sizes[-1]
+    need = BYTES_PER_CONDUCTANCE * conductances + BYTES_PER_NODE * nodes
+    have = available_memory()
+    if have is not None and need > have:
+        raise ValueError(f"layer spec {','.join(map(str, sizes))}: building the circuit needs about {need / 1e9:,.1f} GB "
+                         f"({conductances:,} conductances, {nodes:,} nodes); {have / 1e9:,.1f} GB of memory is available")
 
 
 def input_pairs(n_in: int) -> tuple[list[str], list[str]]:
@@ -133,6 +166,7 @@ def layered(
       ``clamp`` = (low, high) volts: node -> high and low -> node.
     """
     sizes = parse_layers(sizes)
+    check_layered_size(sizes)
     lo, hi = g_init
     if not (0 <= lo <= hi) or not math.isfinite(hi):
         raise ValueError(f"g_init {g_init}: need 0 <= low <= high, in siemens")

@@ -89,6 +89,10 @@ class DeviceModel:
     settle_time: float = 0.0  # s each phase settles before its reads (time axis only; rc_settle_time gives one)
 
     def validate(self) -> "DeviceModel":
+        odd = [f.name for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), float)
+               and not math.isfinite(getattr(self, f.name)) and not (f.name == "on_off" and getattr(self, f.name) > 0)]
+        if odd:
+            raise ValueError(f"device model: {', '.join(odd)} must be finite (only on_off may be inf)")
         bad = [f.name for f in dataclasses.fields(self)
                if isinstance(getattr(self, f.name), (int, float)) and not isinstance(getattr(self, f.name), bool)
                and getattr(self, f.name) < 0]

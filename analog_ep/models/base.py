@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -69,6 +70,30 @@ class EPModel(ABC):
         does (models with devices override it: the optimiser proposes, the devices dispose)."""
         optimizer.step()
         self.project()
+
+    def load_trainable(self, params: Mapping[str, torch.Tensor]) -> None:
+        """Copy trained values into the trainable tensors by key (any floating dtype: a
+        float16-packed checkpoint is cast up), after checking that ``params`` has exactly this
+        model's keys, each a finite tensor of its shape; ValueError naming the first misfit."""
+        mine = self.trainable()
+        if not isinstance(params, Mapping):
+            raise ValueError(f"parameters: expected a table of tensors, got {type(params).__name__}")
+        missing, extra = [k for k in mine if k not in params], [k for k in params if k not in mine]
+        if missing or extra:
+            raise ValueError("the parameters do not fit the model: " + "; ".join(
+                f"{what} {', '.join(map(str, keys))}" for what, keys in (("missing", missing), ("unexpected", extra))
+                if keys))
+        for k, p in mine.items():
+            v = params[k]
+            if not torch.is_tensor(v) or not v.is_floating_point():
+                raise ValueError(f"parameter {k}: expected a floating-point tensor, got {type(v).__name__}")
+            if v.shape != p.shape:
+                raise ValueError(f"parameter {k} has shape {tuple(v.shape)}; the model's is {tuple(p.shape)}")
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError(f"parameter {k} has non-finite values (NaN or inf)")
+        with torch.no_grad():
+            for k, p in mine.items():
+                p.copy_(params[k].to(p.device, p.dtype))
 
     def extra_state(self) -> dict:
         """State beyond the parameters that exact resume needs (e.g. device RNG)."""

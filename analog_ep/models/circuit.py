@@ -131,12 +131,6 @@ class AnalogCircuit(nn.Module, EPModel):
         m.load_trainable(state["params"])
         return m
 
-    def load_trainable(self, params: Mapping[str, torch.Tensor]) -> None:
-        """Copy conductances by key (any dtype: a float16-packed checkpoint is cast up)."""
-        with torch.no_grad():
-            for k, p in self.trainable().items():
-                p.copy_(params[k].to(self.device, self.dtype))
-
     def _apply(self, fn, recurse: bool = True):
         """``.to(device, dtype)``: recompile the circuit's fixed tensors to match the parameters."""
         first = next(iter(self._parameters.values()), None)

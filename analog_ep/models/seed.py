@@ -199,8 +199,8 @@ def seed_model_from_config(raw: Mapping, device: str | torch.device = "cpu") -> 
                                act=m["activation"], dtype=dtype, device=device, seed=seed, init_scale=m["init_scale"])
     else:  # seed 003 order: output first, the input last
         dims = sizes[1:][::-1]
-        cls, kw = {"eb": (EnergyBased, dict(eps=m["eps"], clip=m["clip"])), "p": (Prototypical, {}),
-                   "vf": (VectorField, dict(angle=m["angle"]))}[kind]
+        cls = {"eb": EnergyBased, "p": Prototypical, "vf": VectorField}[kind]
+        kw = dict(eps=m["eps"], clip=m["clip"]) if kind == "eb" else dict(angle=m["angle"]) if kind == "vf" else {}
         net = cls(dims, n_in, layered_pairs(len(dims)), act=m["activation"], dtype=dtype, device=device, seed=seed,
                   init_scale=m["init_scale"], **kw)
     return DiscreteEP(net, n_in=n_in, n_out=n_out, continual=m.get("continual", False), **common)

@@ -7,11 +7,20 @@ from pathlib import Path
 import numpy as np
 
 from ..data import load_dataset
-from ..devices import DeviceModel
 from ..models import AnalogCircuit
-from ..train import load_checkpoint
+from ..train import Trainer, load_checkpoint
+from ..train.config import DeviceConfig
 from .sweep import deployed_errors
 from .verify import spice_check
+
+
+def circuit_of(trainer: Trainer) -> AnalogCircuit:
+    """The trained model as a circuit; ValueError for a seed model, which has no netlist, SPICE
+    check or device model."""
+    if not isinstance(trainer.model, AnalogCircuit):
+        raise ValueError(f"a {trainer.cfg.model.kind!r} model is not a circuit: it has no netlist, SPICE check "
+                         "or device model")
+    return trainer.model
 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, spice: int = 0, device: str = "cpu",
@@ -22,20 +31,23 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, s
     (the checkpoint's ``[device]`` preset, settings and seed, replaced by those given; mean and
     spread);
     a circuit trained in the loop with noisy reads is evaluated ``realisations`` times on its
-    own devices. ``spice``: run the first N test digits through ngspice (Norton-folded decks)."""
+    own devices. ``spice``: run the first N test digits through ngspice (Norton-folded decks;
+    all of them if N exceeds the test set, with a line in ``notes``)."""
     if realisations < 1:
-        raise ValueError("realisations must be >= 1")
+        raise ValueError(f"realisations: expected an integer >= 1, got {realisations}")
+    if spice < 0:
+        raise ValueError(f"spice: expected a number of test images >= 0, got {spice}")
     trainer = load_checkpoint(checkpoint, device=device, data=None if dataset is None else load_dataset(dataset))
     d, model = trainer.data, trainer.model
-    circuit = model if isinstance(model, AnalogCircuit) else None
     dev = trainer.cfg.device
     deploy = None
     if deploy_preset is not None or deploy_settings:
         preset, settings = deploy_preset or dev.preset, {**dev.settings, **(deploy_settings or {})}
-        deploy = DeviceModel.build(preset, **settings)
-    if (deploy is not None or spice) and circuit is None:
-        raise ValueError(f"a {trainer.cfg.model.kind!r} model is not a circuit: it has no netlist, SPICE check "
-                         "or device model")
+        deploy = DeviceConfig(preset=preset, settings=settings).model()
+    circuit = circuit_of(trainer) if deploy is not None or spice else None
+    if circuit is None and isinstance(model, AnalogCircuit):
+        circuit = model
+    notes = []
     if deploy is not None:
         errors = deployed_errors(trainer, deploy, d.x_test, d.y_test, realisations, seed=dev.seed)
     elif circuit is not None and circuit.devices is not None and circuit.devices.noisy_reads:
@@ -43,7 +55,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, s
     else:
         errors = [trainer.error(d.x_test, d.y_test)]
     result = dict(checkpoint=str(checkpoint), dataset=d.name, test_error=float(np.mean(errors)), n=len(d.y_test),
-                  epoch=trainer.epoch)
+                  epoch=trainer.epoch, notes=notes)
     if deploy is not None or (circuit is not None and circuit.devices is not None):
         result.update(test_error_std=float(np.std(errors)), test_errors=errors,
                       device_model=(deploy or circuit.devices.model).changed(),
@@ -52,6 +64,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, s
                       deployment="deploy-only" if deploy is not None else "in-the-loop")
     if spice > 0:
         n = min(spice, len(d.y_test))
+        if n < spice:
+            notes.append(f"asked for {spice} SPICE checks; the {d.name} test set has {n} images: checking all {n}")
         chk = spice_check(circuit.to_circuit(), circuit.volts(d.x_test[:n]).double().cpu().numpy(), d.y_test[:n])
         result.update(spice_n=chk.n, spice_agree=chk.agree, max_abs_dv=chk.max_abs_dv,
                       spice_seconds=chk.spice_seconds, spice_errors=chk.spice_errors)

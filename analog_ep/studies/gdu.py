@@ -51,6 +51,8 @@ def run(name: str, *, seed: int = 0, batch: int = 20, init_scale: float = 1.0, T
     default to table 3's; overriding them is the seed's way of searching hyper-parameters."""
     if init_scale <= 0:
         raise ValueError(f"init-scale must be > 0, not {init_scale}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, not {batch}")
     net, x, y, settings = setup(name, seed=seed, batch=batch, init_scale=init_scale)
     settings = {**settings, **{k: v for k, v in dict(T=T, K=K, beta=beta).items() if v is not None}}
     if settings["beta"] <= 0:

@@ -11,6 +11,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ..train.files import atomic_write
+
 
 def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
@@ -20,10 +22,9 @@ def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
 
 
 def save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Write a figure (format from the suffix) and return the path."""
+    """Write a figure atomically (format from the suffix) and return the path."""
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    return Path(path)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
 
 
 def learning_curve(history, ax: Axes | None = None) -> Figure:

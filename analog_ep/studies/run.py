@@ -1,6 +1,6 @@
 """What a finished training run leaves in its directory besides the checkpoint and metrics:
 the test error (``test.json``), the learning curve, and for circuits the conductance histogram
-and the trained netlist (``trained.cir``)."""
+and the trained netlist (``trained.cir``), each written atomically."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ from pathlib import Path
 from ..models import AnalogCircuit
 from ..spice.netlist import save_deck
 from ..train import Trainer
+from ..train.files import atomic_write, write_text
 from .plots import conductance_histogram, learning_curve, save
 
 
@@ -21,14 +22,13 @@ def finish_run(trainer: Trainer, out: Path) -> dict:
     result = dict(test_error=test_error, n=len(d.y_test), wrote=[])
     if not trainer.dist.is_main:
         return result
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "test.json").write_text(json.dumps(dict(test_error=test_error, n=len(d.y_test))))
-    wrote = [out / "test.json"]
+    wrote = [write_text(out / "test.json", json.dumps(dict(test_error=test_error, n=len(d.y_test))))]
     if trainer.history:
         wrote.append(save(learning_curve(trainer.history), out / "learning_curve.png"))
     if isinstance(trainer.model, AnalogCircuit):
         wrote.append(save(conductance_histogram(trainer.model.trainable(), trainer.model.g_max),
                           out / "conductances.png"))
-        wrote.append(save_deck(trainer.model.to_circuit(), out / "trained.cir"))
+        circuit = trainer.model.to_circuit()
+        wrote.append(atomic_write(out / "trained.cir", lambda tmp: save_deck(circuit, tmp)))
     result["wrote"] = [str(p) for p in wrote]
     return result

@@ -19,6 +19,7 @@ import numpy as np
 from ..devices import DeviceModel
 from ..models import AnalogCircuit
 from ..train import Trainer, load_checkpoint
+from ..train.files import atomic_write, write_text
 from .plots import save, sweep_plot
 
 
@@ -108,20 +109,24 @@ def run_sweep(checkpoint: str | Path, vary: dict[str, list[float]], *, preset: s
 
 
 def write_sweep(rows: list[SweepRow], out: Path, meta: dict) -> dict[str, Path]:
-    """sweep.csv, sweep.json, sweep.md (a table) and sweep.png (error vs level per field)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """sweep.csv, sweep.json, sweep.md (a table) and sweep.png (error vs level per field), each
+    written atomically."""
     paths = {k: out / f"sweep.{k}" for k in ("csv", "json", "md", "png")}
-    with paths["csv"].open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["field", "level", "mode", "error_mean", "error_std", "n_realisations"])
-        for r in rows:
-            w.writerow([r.field, r.level, r.mode, f"{r.error_mean:.5f}", f"{r.error_std:.5f}", len(r.errors)])
-    paths["json"].write_text(json.dumps(dict(meta=meta, rows=[r.__dict__ for r in rows]), indent=1))
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["field", "level", "mode", "error_mean", "error_std", "n_realisations"])
+            for r in rows:
+                w.writerow([r.field, r.level, r.mode, f"{r.error_mean:.5f}", f"{r.error_std:.5f}", len(r.errors)])
+
+    atomic_write(paths["csv"], write_csv)
+    write_text(paths["json"], json.dumps(dict(meta=meta, rows=[r.__dict__ for r in rows]), indent=1))
     lines = ["| non-ideality | level | deploy-only error (%) | in-the-loop error (%) |", "|---|---|---|---|"]
     for field, level in dict.fromkeys((r.field, r.level) for r in rows):
         cell = {r.mode: f"{100 * r.error_mean:.2f} ± {100 * r.error_std:.2f}" for r in rows
                 if (r.field, r.level) == (field, level)}
         lines.append(f"| {field} | {level:g} | {cell.get('deploy-only', '—')} | {cell.get('in-the-loop', '—')} |")
-    paths["md"].write_text("\n".join(lines) + "\n")
+    write_text(paths["md"], "\n".join(lines) + "\n")
     save(sweep_plot(rows), paths["png"])
     return paths

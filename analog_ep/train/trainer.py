@@ -1,6 +1,7 @@
 """One EP trainer for any :class:`~analog_ep.models.EPModel`: optimiser and per-layer learning
 rates, the learning-rate schedule, the data-parallel step, the loop, metrics and checkpoints
-that resume exactly. It does not know which model it trains."""
+that resume exactly, and the guards that stop a run going wrong (NaN, divergence, collapse to
+chance). It does not know which model it trains."""
 from __future__ import annotations
 
 import csv
@@ -19,12 +20,17 @@ from ..data import ArrayLoader, Dataset, batches, load_dataset
 from ..models import EPModel, model_from_config
 from .config import Config
 from .distributed import Dist
+from .files import atomic_write, write_text
 
 CHECKPOINT = "checkpoint.pt"
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (NaN, divergence); the last good checkpoint is kept."""
+    """Training cannot go on (NaN, divergence, collapse to chance); the last good checkpoint is kept."""
+
+
+class CheckpointError(ValueError):
+    """A file is not a checkpoint, or does not fit the model its config describes."""
 
 
 @dataclass
@@ -41,7 +47,15 @@ class Metrics:
 class Trainer:
     """Trains ``model`` (default: the one ``cfg`` describes) with the ``[train]`` settings of
     ``cfg``; ``out`` is the run directory (checkpoint, metrics), ``data`` the built-in dataset
-    (loaded from ``cfg.data`` on first use), ``dist`` the data-parallel ranks."""
+    (loaded from ``cfg.data`` on first use), ``dist`` the data-parallel ranks.
+
+    A run that had learnt and then sits within ``COLLAPSE_MARGIN`` of chance validation error
+    (1 − 1/classes) for ``COLLAPSE_EPOCHS`` epochs in a row has collapsed: training stops with
+    :class:`TrainingError`, and the checkpoint is that of the last epoch before it (a collapsed
+    epoch is not saved, unless it is the run's last)."""
+
+    COLLAPSE_MARGIN = 0.05  # validation error (a fraction) this close to chance counts as chance
+    COLLAPSE_EPOCHS = 2
 
     def __init__(self, cfg: Config, device: str = "cpu", out: Path | None = None, data: Dataset | None = None,
                  dist: Dist | None = None, model: EPModel | None = None):
@@ -65,6 +79,7 @@ class Trainer:
             self.opt = torch.optim.SGD(groups, momentum=t.momentum)
         self.gen = torch.Generator().manual_seed(t.seed)
         self.epoch = 0
+        self.saved_epoch: int | None = None  # epoch of the checkpoint in ``out``, if there is one
         self.history: list[Metrics] = []
         self.model.project()
 
@@ -96,9 +111,9 @@ class Trainer:
                     history=[m.__dict__ for m in self.history], **self.model.extra_state())
 
     def load_state(self, state: dict) -> None:
-        with torch.no_grad():
-            for k in self.keys:
-                self.params[k].copy_(state["params"][k].to(self.device, self.dtype))
+        """Restore :meth:`state` (or a packed checkpoint's weights); ValueError if its parameters
+        do not fit the model (keys, shapes) or are not finite."""
+        self.model.load_trainable(state["params"])
         if "optimizer" in state:  # a packed (pretrained) checkpoint has weights only
             self.opt.load_state_dict(state["optimizer"])
             self.gen.set_state(state["rng"])
@@ -114,9 +129,7 @@ class Trainer:
             state.pop(k, None)
         if half:
             state["params"] = {k: v.half() for k, v in state["params"].items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, path)
-        return path
+        return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     @property
     def writes(self) -> bool:
@@ -126,11 +139,19 @@ class Trainer:
     def save(self) -> Path:
         """Write the checkpoint atomically (a kill mid-write leaves the previous one)."""
         assert self.writes
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(self.out / CHECKPOINT)
-        return self.out / CHECKPOINT
+        state = self.state()
+        path = atomic_write(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        self.saved_epoch = self.epoch
+        return path
+
+    def _stop(self, reason: str) -> TrainingError:
+        """The error that stops training: the reason and what the run directory keeps."""
+        if not self.writes:
+            return TrainingError(f"{reason}; no run directory is written")
+        if self.saved_epoch is None:
+            return TrainingError(f"{reason}; no checkpoint was written in {self.out}")
+        return TrainingError(f"{reason}; the last good checkpoint (epoch {self.saved_epoch}) is kept in "
+                             f"{self.out / CHECKPOINT}")
 
     # ------------------------------------------------------------------ EP
     def step(self, x, labels: torch.Tensor, idx: torch.Tensor | None = None) -> tuple[float, float, int]:
@@ -155,7 +176,7 @@ class Trainer:
             *grads, loss, wrong = self.dist.sum([g * (b / B) for g in grads] + [loss.to(self.device), wrong.to(self.device)])
         for k, g in zip(self.keys, grads):
             if not bool(torch.isfinite(g).all()):
-                raise TrainingError(f"non-finite EP gradient for {k}")
+                raise self._stop(f"non-finite EP gradient for {k} in epoch {self.epoch + 1}")
             self.params[k].grad = g
         self.model.optimizer_step(self.opt)
         return float(loss) / B, float(wrong) / B, res.iterations
@@ -199,8 +220,7 @@ class Trainer:
             for x, y, idx in bar:
                 loss, err, it = self.step(x, y, idx)
                 if not math.isfinite(loss) or loss > 1e6:
-                    raise TrainingError(f"loss diverged ({loss}) in epoch {self.epoch + 1}; "
-                                        f"the last good checkpoint is kept in {self.out}")
+                    raise self._stop(f"loss diverged ({loss}) in epoch {self.epoch + 1}")
                 losses.append(loss), errs.append(err), sweeps.append(it), times.append(self.last_measurement_time)
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", err=f"{np.mean(errs[-50:]):.3f}")
             self.epoch += 1
@@ -210,31 +230,85 @@ class Trainer:
             if self.dist.is_main and (progress or self.out is not None):  # a run directory gets a log line per epoch
                 print(f"epoch {m.epoch}: train loss {m.train_loss:.4f}, train error {m.train_error:.4f}, "
                       f"val error {m.val_error:.4f}, {m.seconds:.1f} s", flush=True)
+            collapsed = self.collapsed_epochs()
             if self.writes:
-                self.save()
+                if collapsed == 0 or (self.epoch == total and collapsed < self.COLLAPSE_EPOCHS):
+                    self.save()
                 self.write_metrics()
+            if collapsed >= self.COLLAPSE_EPOCHS:
+                errors = ", ".join(f"{h.val_error:.3f}" for h in self.history[-collapsed:])
+                raise self._stop(f"training collapsed to chance: validation error {errors} in epochs "
+                                 f"{self.history[-collapsed].epoch}-{m.epoch} (chance {self.chance:.3f}, best "
+                                 f"{min(h.val_error for h in self.history):.3f})")
         return self.history
 
+    @property
+    def chance(self) -> float:
+        """Error rate of guessing among the model's output classes."""
+        return 1 - 1 / self.model.n_out
+
+    def collapsed_epochs(self) -> int:
+        """How many of the latest epochs have a validation error within ``COLLAPSE_MARGIN`` of
+        chance, all after an epoch that did better (0 if none, or if none ever did better)."""
+        at_chance = [h.val_error >= self.chance - self.COLLAPSE_MARGIN for h in self.history]
+        better = [i for i, c in enumerate(at_chance) if not c]
+        return len(at_chance) - better[-1] - 1 if better else 0
+
     def write_metrics(self) -> None:
+        """metrics.json and metrics.csv: one row per epoch of the history (each file atomic)."""
         rows = [m.__dict__ for m in self.history]
-        (self.out / "metrics.json").write_text(json.dumps(rows, indent=1))
-        with (self.out / "metrics.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_text(self.out / "metrics.json", json.dumps(rows, indent=1))
+
+        def write_csv(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+
+        atomic_write(self.out / "metrics.csv", write_csv)
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu", data: Dataset | None = None,
-                    dist: Dist | None = None) -> Trainer:
-    """A Trainer restored from a checkpoint (loaded with ``weights_only=True``: tensors and
-    plain Python values only, never arbitrary pickled objects)."""
+def _gist(e: BaseException) -> str:
+    """The first sentence of an error's message (torch's run to paragraphs)."""
+    text = str(e).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(e).__name__
+
+
+def read_checkpoint(path: str | Path) -> tuple[Path, dict]:
+    """(file, state) of a checkpoint file or run directory, loaded with ``weights_only=True``
+    (tensors and plain Python values only, never arbitrary pickled objects); CheckpointError
+    if the file is not a checkpoint."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = Config.from_dict(state["config"])
-    trainer = Trainer(cfg, device=device, out=path.parent, data=data, dist=dist)
-    trainer.load_state(state)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty, not a checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load fails in many ways on a file that is not a checkpoint
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {_gist(e)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a checkpoint: it holds a {type(state).__name__}, not a table")
+    missing = [k for k in ("config", "epoch", "params", "history") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint: no {', '.join(missing)}")
+    return path, state
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu", data: Dataset | None = None,
+                    dist: Dist | None = None) -> Trainer:
+    """A Trainer restored from a checkpoint file or run directory (:func:`read_checkpoint`),
+    its config checked (:meth:`Config.from_stored`) and its parameters checked against the
+    model the config describes: CheckpointError naming the file and the first misfit."""
+    path, state = read_checkpoint(path)
+    try:
+        cfg = Config.from_stored(state["config"])
+        trainer = Trainer(cfg, device=device, out=path.parent, data=data, dist=dist)
+        trainer.load_state(state)
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:  # RuntimeError: torch's optimizer/RNG state checks
+        raise CheckpointError(f"{path}: {_gist(e)}") from None
+    if path == trainer.out / CHECKPOINT:
+        trainer.saved_epoch = trainer.epoch
     return trainer
