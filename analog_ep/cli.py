@@ -79,6 +79,16 @@ def _guard(fn):
     return wrapper
 
 
+def _read_deck(path: Path):
+    """Read and validate a deck; print the importer's notes (parameters kept without effect) to stderr."""
+    from .spice.parser import deck_notes, read_deck
+
+    circuit = read_deck(path)
+    for note in deck_notes(circuit):
+        typer.echo(f"note: {note}", err=True)
+    return circuit
+
+
 def load_graph(path: Path):
     """A GraphML (or GML) file as a networkx graph."""
     import networkx as nx
@@ -165,9 +175,7 @@ def export(
 @_guard
 def check(deck: Path = typer.Argument(..., help="SPICE deck to validate.")):
     """Parse and validate a deck without running it; print what it contains."""
-    from .spice.parser import read_deck
-
-    circuit = read_deck(deck)
+    circuit = _read_deck(deck)
     typer.echo(f"{deck}: ok: {circuit.summary()}")
 
 
@@ -182,9 +190,8 @@ def spice(
 ):
     """Run the DC operating point of a deck in ngspice and print the node voltages."""
     from .spice.ngspice import run_op
-    from .spice.parser import read_deck
 
-    circuit = read_deck(deck)
+    circuit = _read_deck(deck)
     if backend is Backend.pyspice:
         from .spice.pyspice import run_op_pyspice
 
@@ -216,10 +223,9 @@ def compare(
     """Run a deck in ngspice and in the emulator; compare node by node and time both."""
     import numpy as np
 
-    from .spice.parser import read_deck
     from .studies.compare import compare as run_compare
 
-    circuit = read_deck(deck)
+    circuit = _read_deck(deck)
     inputs = None
     if batch_inputs is not None:
         if not batch_inputs.exists():

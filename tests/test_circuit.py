@@ -96,6 +96,22 @@ def graph():
     return g
 
 
+@pytest.mark.parametrize("name", ["gnd", "GND", "Gnd", "0", 0])
+def test_from_graph_refuses_ground_names(name):
+    """SPICE shorts '0' and 'gnd' (any case) to ground: a graph node so named is an error, not a short."""
+    g = graph()
+    g.add_node(name, role="hidden")
+    g.add_edge("x", name, weight=1e-4)
+    with pytest.raises(CircuitError, match=f"node name '{name}' is reserved"):
+        from_graph(g)
+
+
+def test_circuit_refuses_ground_names_beyond_node_0():
+    with pytest.raises(CircuitError, match="reserved"):
+        Circuit(("0", "x", "GND"), (Role.GROUND, Role.INPUT, Role.HIDDEN),
+                (VoltageSources("v", [1], [1.0]), Conductances("w", [1], [2], [1e-3])))
+
+
 def test_from_graph_signed_weights():
     c = from_graph(graph(), diode=DiodeModel())
     # negative x-o weight: a negated source; negative h-o weight: an inverting amplifier
@@ -141,5 +157,17 @@ def test_diode_model_parse():
     assert DiodeModel.parse("ideal").ideal
     assert DiodeModel.parse("10f,1.5").IS == pytest.approx(1e-14, rel=1e-15)
     assert DiodeModel.parse("1e-14,1,10") == DiodeModel(1e-14, 1.0, 10.0)
+    assert DiodeModel.parse("1e-14,1,0,5.6") == DiodeModel(1e-14, 1.0, 0.0, BV=5.6)
+    assert DiodeModel.parse("2.52n,1.752,.568,100,100u") == DiodeModel(2.52e-9, 1.752, 0.568, BV=100.0, IBV=1e-4)
     with pytest.raises(ValueError):
         DiodeModel.parse("1e-14")
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(BV=0.0), "BV > 0"), (dict(IBV=float("inf")), "finite IBV"), (dict(IBV=-1e-3), "IBV > 0"),
+    (dict(non_dc=[(("CJO", 1e-12),)]), "1 non-DC parameter sets for 2 diodes"),
+])
+def test_bad_breakdown_and_card_parameters(kw, message):
+    from analog_ep.circuit import Diodes
+    with pytest.raises(CircuitError, match=message):
+        Diodes("d", [1, 2], [0, 0], 1e-14, 1.0, 0.0, **kw)

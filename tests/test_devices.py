@@ -178,8 +178,19 @@ def test_finite_settling_stops_after_the_given_sweeps():
 LEVELS = dict(on_off=20.0, levels=32, stochastic_rounding=True, write_noise=0.01, write_noise_state=0.02, update_noise=0.3, asymmetry=0.3,
               soft_bounds=True, d2d=0.2, read_noise=0.02, drift_nu=0.05, stuck_min=0.05, stuck_max=0.05, open=0.05,
               diode_is_spread=0.3, diode_n_spread=0.05, amp_gain_error=0.05, amp_offset=0.01, johnson_capacitance=1e-16,
-              adc_bits=6, settle_sweeps=1)
-PAIRED = dict(drift_nu=dict(drift_time=3600.0), stochastic_rounding=dict(levels=32))  # fields that act only together with another
+              adc_bits=6, settle_sweeps=1, read_noise_model="process", white_noise=0.02, flicker_noise=0.01,
+              flicker_exponent=0.5, rtn_fraction=0.5, read_repeats=2)
+PROCESS = dict(read_noise_model="process")
+PAIRED = dict(drift_nu=dict(drift_time=3600.0), stochastic_rounding=dict(levels=32),  # fields that act only together with another
+              read_noise_model=dict(white_noise=0.02), white_noise=PROCESS, flicker_noise=PROCESS,
+              flicker_exponent=dict(PROCESS, flicker_noise=0.01),
+              rtn_fraction=dict(PROCESS, rtn_amplitude=0.1, rtn_tau_up=1e-6, rtn_tau_down=2e-6),
+              read_repeats=dict(johnson_capacitance=1e-16))
+# parameters of the non-idealities above (not switches), and the differential read-out (cds,
+# diff_adc_bits), which acts through DeviceArray.read_pair: the EP estimators do not call it yet
+PARAMETERS = {"temperature", "adc_range", "drift_nu_std", "drift_t0", "drift_time", "diode_rs_spread",
+              "white_bandwidth", "flicker_f_min", "flicker_f_max", "rtn_amplitude", "rtn_tau_up", "rtn_tau_down",
+              "read_window", "settle_time", "adc_conversion_time", "diff_adc_range", "cds", "diff_adc_bits"}
 
 
 def tiny(device: dict | None = None) -> Trainer:
@@ -198,8 +209,7 @@ def step_and_read(tr: Trainer):
 
 
 def test_every_field_covered_and_presets_valid():
-    assert set(LEVELS) | {"temperature", "adc_range", "drift_nu_std", "drift_t0", "drift_time", "diode_rs_spread"} == {
-        f.name for f in dataclasses.fields(DeviceModel)}
+    assert set(LEVELS) | PARAMETERS == {f.name for f in dataclasses.fields(DeviceModel)}
     assert IDEAL.ideal and all(not p.ideal for name, p in PRESETS.items() if name != "ideal")
 
 

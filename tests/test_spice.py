@@ -130,3 +130,28 @@ def test_cli_compare_json_and_plot(tmp_path):
     np.savetxt(bad, np.zeros((2, 5)), delimiter=",")
     res = runner.invoke(app, ["compare", str(deck), "--batch-inputs", str(bad)])
     assert res.exit_code == 2 and "32 input sources" in res.stderr
+
+
+# a value for every non-DC diode parameter the importer accepts (level-1 switches at their off values)
+NON_DC_VALUES = dict(
+    TT=20e-9, TTT1=1e-3, TTT2=1e-5, CJO=4e-12, VJ=0.75, M=0.4, TM1=1e-3, TM2=1e-5, FC=0.5, CJP=1e-12, PHP=0.8,
+    MJSW=0.3, FCS=0.4, CTA=1e-3, CTP=1e-3, TPB=1e-3, TPHP=1e-3, LM=1e-6, LP=1e-6, WM=1e-6, WP=1e-6, XOM=1e-6,
+    XOI=1e-6, XM=1e-7, XP=1e-7, TNOM=27, EG=0.69, XTI=2, TRS=1e-3, TRS2=1e-5, TCV=1e-3, TLEV=1, TLEVC=1, KF=1e-16,
+    AF=1.2, FV_MAX=5, BV_MAX=200, ID_MAX=1, TE_MAX=400, PD_MAX=1, RTH0=100, CTH0=1e-6, LEVEL=1, IKF=0, IKR=0)
+
+
+def test_non_dc_diode_parameters_leave_ngspice_operating_point_unchanged():
+    """The claim behind deck_notes: ngspice 39's operating point with every accepted non-DC
+    parameter set equals the one without, in forward bias, reverse bias and breakdown."""
+    from analog_ep.spice.parser import DIODE_NON_DC_PARAMS
+
+    assert set(NON_DC_VALUES) == set(DIODE_NON_DC_PARAMS.values())
+    def deck(extra: str) -> str:
+        return ("* non-DC parameters\nV1 a 0 DC 120\nR1 a k 10k\nD1 0 k dz\nV2 b 0 2\nR2 b f 1k\nD2 f 0 dz\n"
+                "V3 c 0 -5\nR3 c r 1meg\nD3 r 0 dz\n"
+                f".model dz D(IS=2.52n RS=.568 N=1.752 BV=100 IBV=100u {extra})\n.op\n.end\n")
+    bare = parse_deck(deck(""))
+    full = parse_deck(deck(" ".join(f"{k}={v}" for k, v in NON_DC_VALUES.items())))
+    a, b = run_op(bare).vector(bare), run_op(full).vector(bare)
+    assert a[bare.index("k")] > 100 and a[bare.index("f")] > 0.5 and a[bare.index("r")] < -4.99  # all three regions
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)

@@ -17,43 +17,56 @@ import numpy as np
 
 from .ir import (
     GROUND,
+    IBV_DEFAULT,
     Amplifiers,
     Circuit,
     CircuitError,
     Conductances,
     Diodes,
+    NODE_NAME,
     Role,
     VoltageSources,
-    _NODE_NAME,
+    is_ground_name,
 )
+from .units import parse_value
 
 
 @dataclass(frozen=True)
 class DiodeModel:
-    """Clamp diode parameters. ``ideal=True`` is the emulator's limit model; IS and N are then
-    what a SPICE export uses to approximate it."""
+    """Clamp diode parameters: saturation current IS (A), emission coefficient N, series
+    resistance RS (ohm), reverse breakdown voltage BV (V; inf: none) and the current IBV (A)
+    at -BV, as in a SPICE ``.model D`` card. ``ideal=True`` is the emulator's limit model; IS
+    and N are then what a SPICE export uses to approximate it."""
 
     IS: float = 1e-14
     N: float = 1.0
     RS: float = 0.0
     ideal: bool = False
+    BV: float = math.inf
+    IBV: float = IBV_DEFAULT
 
     @classmethod
     def parse(cls, text: str) -> "DiodeModel":
-        """``"ideal"``, ``"IS,N"`` or ``"IS,N,RS"`` (SI suffixes allowed)."""
-        from ..spice.units import parse_value
-
+        """``"ideal"``, ``"IS,N"``, ``"IS,N,RS"``, ``"IS,N,RS,BV"`` or ``"IS,N,RS,BV,IBV"``
+        (SI suffixes allowed)."""
         text = text.strip()
         if text.lower() == "ideal":
             return cls(ideal=True)
         parts = [p for p in text.split(",") if p.strip()]
-        if len(parts) not in (2, 3):
-            raise ValueError(f"diode spec {text!r}: expected 'ideal', 'IS,N' or 'IS,N,RS'")
-        vals = [parse_value(p) for p in parts]
-        return cls(*vals)
+        if not 2 <= len(parts) <= 5:
+            raise ValueError(f"diode spec {text!r}: expected 'ideal', or 'IS,N' optionally followed by "
+                             "',RS', ',BV', ',IBV'")
+        return cls(**dict(zip(("IS", "N", "RS", "BV", "IBV"), (parse_value(p) for p in parts))))
+
+    def describe(self) -> str:
+        """``"ideal"`` or ``"IS=..,N=..,RS=.."`` (plus ``",BV=..,IBV=.."`` with breakdown), for headers."""
+        if self.ideal:
+            return "ideal"
+        text = f"IS={self.IS:g},N={self.N:g},RS={self.RS:g}"
+        return text + (f",BV={self.BV:g},IBV={self.IBV:g}" if math.isfinite(self.BV) else "")
 
     def group(self, name: str, anode, cathode) -> Diodes:
-        return Diodes(name, anode, cathode, self.IS, self.N, self.RS, ideal=self.ideal)
+        return Diodes(name, anode, cathode, self.IS, self.N, self.RS, ideal=self.ideal, BV=self.BV, IBV=self.IBV)
 
 
 def input_pairs(n_in: int) -> tuple[list[str], list[str]]:
@@ -175,7 +188,7 @@ def layered(
 
     desc = ",".join(map(str, sizes))
     meta = dict(kind="layered", layers=desc, seed=seed, g_init=list(g_init), amplifier_gain=amplifier_gain,
-                diode=None if diode is None else ("ideal" if diode.ideal else f"IS={diode.IS:g},N={diode.N:g},RS={diode.RS:g}"),
+                diode=None if diode is None else diode.describe(),
                 clamp=list(clamp), bias=bias, phase="free")
     return Circuit(tuple(nodes.names), tuple(nodes.roles), tuple(elements),
                    title=f"analog-ep layered network {desc} (seed {seed})", meta=meta)
@@ -225,8 +238,11 @@ def from_graph(
     src_nodes, src_vals, src_names = [], [], []
     for n, data in graph.nodes(data=True):
         name = str(n)
-        if not _NODE_NAME.match(name) or name == GROUND:
-            raise CircuitError(f"node name {name!r}: use letters, digits and '_' (and not '0', which is ground)")
+        if not NODE_NAME.match(name):
+            raise CircuitError(f"node name {name!r}: use letters, digits and '_'")
+        if is_ground_name(name):
+            raise CircuitError(f"node name {name!r} is reserved: SPICE reads '0' and 'gnd' (any case) as ground, "
+                               "so this node would be shorted to ground; rename it")
         role = data.get("role")
         if role not in _GRAPH_ROLES:
             raise CircuitError(f"node {name!r} has role {role!r}; expected one of {sorted(_GRAPH_ROLES)}")

@@ -20,8 +20,16 @@ from typing import ClassVar, Iterator, Mapping, Sequence
 import numpy as np
 
 GROUND = "0"
-_NODE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+IBV_DEFAULT = 1e-3  # A: SPICE's current at the breakdown voltage -BV when a model card gives none
+NODE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+"""What a node name may contain: letters, digits and '_' (safe in any SPICE deck)."""
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_]*$")
+
+
+def is_ground_name(name: str) -> bool:
+    """Whether SPICE reads ``name`` as the ground node: ``0``, or ``gnd`` in any case (ngspice
+    shorts every ``gnd``/``GND`` node to ground). Such names are reserved for node 0."""
+    return name.lower() in (GROUND, "gnd")
 
 
 class Role(str, enum.Enum):
@@ -147,12 +155,18 @@ class CurrentSources:
 
 @dataclass(frozen=True)
 class Diodes:
-    """Shockley diodes anode -> cathode, I = IS (exp(v / (N V_T)) - 1), with optional series RS.
+    """Junction diodes anode -> cathode: ngspice's level-1 diode at DC, I = IS (exp(v / (N V_T)) - 1)
+    in forward bias, with optional series resistance RS (ohm) and reverse breakdown at BV volts
+    (IBV amperes flow at -BV); the emulator's ``diode_iv`` states the law in every region.
 
     ``ideal`` marks the emulator's limit model (an ideal clamp: V_anode <= V_cathode, no
     current otherwise); SPICE cannot express it and exports it as a Shockley diode with the
     given IS, N, so give an ideal clamp a steep IS/N if it is to be simulated.
-    Parameters are per diode so that device-to-device spread can be represented.
+    Parameters are per diode so that device-to-device spread can be represented. ``BV`` = inf
+    means no breakdown (the SPICE default); ``IBV`` defaults to ngspice's 1 mA.
+    ``non_dc`` keeps, per diode, the model-card parameters that do not change the DC operating
+    point (charge storage, noise, temperature coefficients at TNOM = TEMP) as (NAME, value)
+    pairs in SI units, so that an imported ``.model`` card is written back whole.
     """
 
     name: str
@@ -164,6 +178,9 @@ class Diodes:
     ideal: bool = False
     names: tuple[str, ...] | None = None
     models: tuple[str, ...] | None = None  # .model names from an imported deck
+    BV: np.ndarray | float = np.inf
+    IBV: np.ndarray | float = IBV_DEFAULT
+    non_dc: tuple[tuple[tuple[str, float], ...], ...] | None = None
 
     kind: ClassVar[str] = "diodes"
 
@@ -172,15 +189,26 @@ class Diodes:
 
     def __post_init__(self):
         n = np.size(self.anode)
-        for f, dt in (("anode", np.int64), ("cathode", np.int64), ("IS", np.float64), ("N", np.float64), ("RS", np.float64)):
+        for f, dt in (("anode", np.int64), ("cathode", np.int64), ("IS", np.float64), ("N", np.float64),
+                      ("RS", np.float64), ("BV", np.float64), ("IBV", np.float64)):
             arr = np.broadcast_to(np.asarray(getattr(self, f), dtype=dt), (n,))
             object.__setattr__(self, f, _frozen(arr, dt))
         if not (np.all(self.IS > 0) and np.all(self.N > 0) and np.all(self.RS >= 0)):
             raise CircuitError(f"diodes {self.name!r}: need IS > 0, N > 0, RS >= 0")
         if not (np.all(np.isfinite(self.IS)) and np.all(np.isfinite(self.N)) and np.all(np.isfinite(self.RS))):
             raise CircuitError(f"diodes {self.name!r}: parameters must be finite")
+        if not (np.all(self.BV > 0) and np.all(self.IBV > 0) and np.all(np.isfinite(self.IBV))):
+            raise CircuitError(f"diodes {self.name!r}: need BV > 0 (inf: no breakdown) and a finite IBV > 0")
         object.__setattr__(self, "names", _names(self.names, n, self.name))
         object.__setattr__(self, "models", _names(self.models, n, self.name))
+        if self.non_dc is not None:
+            if len(self.non_dc) != n:
+                raise CircuitError(f"diodes {self.name!r}: {len(self.non_dc)} non-DC parameter sets for {n} diodes")
+            memo: dict[int, tuple[tuple[str, float], ...]] = {}  # diodes of one model share one tuple
+            for p in self.non_dc:
+                if id(p) not in memo:
+                    memo[id(p)] = tuple((str(k), float(v)) for k, v in p)
+            object.__setattr__(self, "non_dc", tuple(memo[id(p)] for p in self.non_dc))
 
 
 @dataclass(frozen=True)
@@ -269,9 +297,12 @@ class Circuit:
             raise CircuitError(f"duplicate node names: {dup[:5]}")
         if len({s.lower() for s in self.nodes}) != n:
             raise CircuitError("node names must be unique ignoring case (SPICE is case-insensitive)")
-        bad = [s for s in self.nodes if not _NODE_NAME.match(s)]
+        bad = [s for s in self.nodes if not NODE_NAME.match(s)]
         if bad:
             raise CircuitError(f"node names must be letters, digits and '_': {bad[:5]}")
+        grounds = [s for s in self.nodes[1:] if is_ground_name(s)]
+        if grounds:
+            raise CircuitError(f"node name {grounds[0]!r} is reserved: SPICE reads '0' and 'gnd' (any case) as ground")
         if any(r is Role.GROUND for r in self.roles[1:]):
             raise CircuitError("only node 0 may have the ground role")
         group_names = [e.name for e in self.elements]

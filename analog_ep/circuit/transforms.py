@@ -1,9 +1,11 @@
 """Circuit-to-circuit rewrites that keep every node voltage the same."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from .ir import GROUND_INDEX, Circuit, Conductances, CurrentSources
+from .ir import GROUND_INDEX, Circuit, Conductances, CurrentSources, Diodes, Role
 
 
 def known_voltages(circuit: Circuit) -> dict[int, float]:
@@ -59,8 +61,6 @@ def fold_sources(circuit: Circuit) -> Circuit:
 def expand_series_resistance(circuit: Circuit) -> Circuit:
     """Give every diode with RS > 0 an explicit internal node and a conductance 1/RS, as SPICE
     does inside its diode model, so that solvers only see ideal junctions."""
-    from .ir import Diodes, Role
-
     nodes, roles, elements = list(circuit.nodes), list(circuit.roles), []
     for e in circuit.elements:
         if not isinstance(e, Diodes) or not np.any(e.RS > 0):
@@ -75,7 +75,7 @@ def expand_series_resistance(circuit: Circuit) -> Circuit:
         anode = e.anode.copy()
         anode[series] = inner
         elements.append(Conductances(f"{e.name}_rs", e.anode[series], inner, 1.0 / e.RS[series], trainable=False))
-        elements.append(Diodes(e.name, anode, e.cathode, e.IS, e.N, np.zeros_like(e.RS), e.ideal, e.names, e.models))
+        elements.append(dataclasses.replace(e, anode=anode, RS=np.zeros_like(e.RS)))
     if len(nodes) == len(circuit.nodes):
         return circuit
     return Circuit(tuple(nodes), tuple(roles), tuple(elements), circuit.title, circuit.meta)

@@ -3,19 +3,29 @@ reading the trainable conductances does, and what measuring node voltages does.
 
 The fixed per-device draws (step-size spread, faults, drift exponents, diode and amplifier
 spread) come first from a seeded generator, so a realisation is a function of its seed; the
-per-write and per-read noise that follows comes from the same generator, whose state a training
-checkpoint saves for exact resume.
+per-write and per-read noise that follows comes from the same generator. Under the "process"
+read-noise model the array also owns a ``NoiseProcess`` (seeded from the generator after the
+fixed draws) and a clock ``time`` (s): the EP estimators reserve each step's time span with
+``schedule(phases)`` (a ``StepTimeline``), ask for the circuit each phase's reads see with
+``view(window=phase.windows)``, and read voltages through ``measure(s)`` or, for a free/nudged
+pair, ``read_pair(s_free, s_nudged)`` (correlated double sampling when the model has ``cds``).
+``state_dict()`` / ``load_state_dict()`` cover the generator, the clock and the process, for
+exact resume.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 
-from ..circuit.constants import BOLTZMANN
 from ..emulator.compiled import Compiled
 from .model import DeviceModel
+from .noise import NoiseProcess
+from .readout import StepTimeline, ep_timeline
+
+Window = tuple[float, float]  # a read window (t0, t1), s on the array's clock
 
 OK, STUCK_MIN, STUCK_MAX, OPEN = 0, 1, 2, 3
 
@@ -49,6 +59,12 @@ class DeviceArray:
         # the circuit as built in hardware: trainable conductances shared with cc (the device
         # state), fixed components replaced by this realisation's
         self.hardware = dataclasses.replace(cc, params={**cc.params, **static}, cache={})
+        self.readout = model.readout()
+        self.time = 0.0  # s: the clock reads are scheduled on (the end of the last reserved step)
+        spec = model.noise_spec()
+        self.noise = None if spec is None else NoiseProcess(
+            spec, {k: shape(k) for k in self.keys}, seed=int(torch.randint(2 ** 62, (1,), generator=self.gen)),
+            device=cc.device)
 
     def randn(self, shape) -> torch.Tensor:
         """Standard normal draws from this realisation's generator, on the circuit's device."""
@@ -124,34 +140,91 @@ class DeviceArray:
     # ------------------------------------------------------------------ reading
     @property
     def noisy_reads(self) -> bool:
-        return bool(self.model.read_noise or self.nu)
+        m = self.model
+        return bool(self.noise is not None or self.nu or (m.read_noise_model == "per_settle" and m.read_noise))
 
-    def view(self) -> Compiled:
-        """The circuit one settle sees: drifted conductances with freshly drawn read noise (the
-        hardware circuit itself when reads are noiseless, so its operator cache is reused)."""
+    def schedule(self, phases: Sequence[str]) -> StepTimeline:
+        """Reserve the next EP step's time span on the array's clock: ``phases`` back to back
+        from ``time``, each settling ``settle_time`` and then reading (``readout.ep_timeline``);
+        the clock moves to the step's end."""
+        timeline = ep_timeline(phases, self.readout, self.model.settle_time, start=self.time)
+        self.time = timeline.end
+        return timeline
+
+    def wait(self, seconds: float) -> None:
+        """Let time pass with no reads (e.g. the update pulses between two EP steps)."""
+        if seconds < 0:
+            raise ValueError("wait: seconds ≥ 0")
+        self.time += seconds
+
+    def _flicker_gain(self) -> dict[str, torch.Tensor] | None:
+        """(g/g_max)^-γ per device (0 for g = 0): the state-dependent 1/f amplitude."""
+        gamma = self.model.flicker_exponent
+        if not gamma:
+            return None
+        out = {}
+        for k in self.keys:
+            g = self.hardware.params[k].detach().double()
+            out[k] = torch.where(g > 0, (g / self.g_max) ** -gamma, 0.0)  # g = 0 (open): no 1/f part
+        return out
+
+    def view(self, window: Window | Sequence[Window] | None = None) -> Compiled:
+        """The circuit a read sees: drifted conductances times (1 + read noise); the hardware
+        circuit itself when reads are noiseless, so its operator cache is reused.
+
+        "per_settle": noise freshly drawn with σ = ``read_noise`` on every call (``window`` is
+        not used). "process": the noise process's fluctuation averaged over ``window`` (one
+        (t0, t1) or several, e.g. ``phase.windows``; seconds on the array's clock, after the
+        process's present time); without a window, the next phase on the array's own clock
+        (``schedule(["read"])``), so a caller that views once per settle gets back-to-back phases.
+        A read integrating over a window is modelled by the circuit at the window-mean
+        conductances (exact to first order in the fluctuation). One view serves a whole batch:
+        its samples are read in the same windows (as by parallel copies of the array)."""
         if not self.noisy_reads:
             return self.hardware
         m, p = self.model, dict(self.hardware.params)
+        xi = None
+        if self.noise is not None:
+            windows = self.schedule(["read"]).phases[0].windows if window is None else (
+                [window] if isinstance(window[0], (int, float)) else list(window))
+            xi = self.noise.mean_over(windows, self._flicker_gain())
         for k in self.keys:
             g = p[k]
             if k in self.nu:
                 g = g * (m.drift_time / m.drift_t0) ** (-self.nu[k])
-            if m.read_noise:
+            if xi is not None:
+                g = (g * (1 + xi[k].to(g.device, g.dtype))).clamp_min(0)
+            elif m.read_noise and m.read_noise_model == "per_settle":
                 g = (g * (1 + m.read_noise * self.randn(g.shape))).clamp_min(0)
             p[k] = g
         return dataclasses.replace(self.hardware, params=p, cache={})
 
     def measure(self, s: torch.Tensor) -> torch.Tensor:
         """Node voltages as the learning rule's read-out sees them: Johnson noise sqrt(kT/C),
-        then an ADC of ``adc_bits`` over ±adc_range."""
-        m = self.model
-        if m.johnson_capacitance:
-            s = s + math.sqrt(BOLTZMANN * m.temperature / m.johnson_capacitance) * self.randn(s.shape)
-        if m.adc_bits:
-            lsb = 2 * m.adc_range / 2 ** m.adc_bits
-            s = (torch.round(s / lsb) * lsb).clamp(-m.adc_range, m.adc_range)
-        return s
+        then an ADC of ``adc_bits`` over ±adc_range, averaged over ``read_repeats`` reads."""
+        return self.readout.measure(s, self.randn)
+
+    def read_pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Voltages a (read first, e.g. free) and b (read later, e.g. nudged) as measured: two
+        absolute read-outs, or with ``cds`` a absolute and b − a through the differential ADC
+        (``Readout.pair``)."""
+        return self.readout.pair(a, b, self.randn)
 
     def settle_kw(self) -> dict:
         """Finite settling: a fixed number of sweeps, accepted whether converged or not."""
         return dict(method="bcd", max_iters=self.model.settle_sweeps, on_fail="ignore") if self.model.settle_sweeps else {}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """The generator, the clock and the noise process: what exact resume needs besides the
+        conductances (the fixed draws are re-made from the seed)."""
+        return dict(gen=self.gen.get_state(), time=self.time,
+                    noise=None if self.noise is None else self.noise.state_dict())
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        self.time = float(state["time"])
+        if (state["noise"] is None) != (self.noise is None):
+            raise ValueError("device array: the saved state's read-noise model differs from this one")
+        if self.noise is not None:
+            self.noise.load_state_dict(state["noise"])

@@ -223,6 +223,7 @@ def compile_circuit(circuit: Circuit, *, dtype: torch.dtype = torch.float64, dev
             raise CircuitError(f"ideal clamps {g.name!r}: each must join a free node to a fixed one "
                                "(use Shockley diodes between two free nodes)")
         params[f"IS:{g.name}"], params[f"N:{g.name}"] = t(g.IS), t(g.N)
+        params[f"BV:{g.name}"], params[f"IBV:{g.name}"] = t(g.BV), t(g.IBV)  # V (inf: no breakdown), A
         diodes.append(DiodeGroup(g.name, t(g.anode, torch.long), t(g.cathode, torch.long), g.ideal))
         both = (ra < len(free)) & (rc < len(free))
         coupling.append((ra[both], rc[both]))

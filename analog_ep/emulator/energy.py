@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .compiled import Compiled
+from .operators import breakdown_voltage, diode_cocontent
 
 
 def nudge_energy(cc: Compiled, V: torch.Tensor, beta, target: torch.Tensor | None) -> torch.Tensor:
@@ -45,6 +46,7 @@ def energy(cc: Compiled, s: torch.Tensor, u: torch.Tensor, *, beta=0.0, target: 
             continue  # zero inside the bound, +inf outside: enforced by the solvers
         v = V[:, d.anode] - V[:, d.cathode]
         IS, nvt = p[f"IS:{d.name}"], p[f"N:{d.name}"] * cc.vt
-        E = E + (IS * nvt * torch.expm1(v / nvt) - IS * v).sum(1)
+        xbv = breakdown_voltage(IS, nvt, p[f"BV:{d.name}"], p[f"IBV:{d.name}"], cc.vt)
+        E = E + diode_cocontent(v, IS, nvt, xbv).sum(1)
     return E + nudge_energy(cc, V, beta, target)
 

@@ -78,7 +78,7 @@ def _conductance_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) 
     return grads
 
 
-def _param_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) -> dict[str, torch.Tensor]:
+def weighted_param_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) -> dict[str, torch.Tensor]:
     """Σ_k w_k · ∂E/∂θ(s_k) summed over samples: conductances directly, any other parameter
     (amplifier gains, diode IS/N, sources) by autograd of the nominal energy at fixed states."""
     grads = _conductance_grads(cc, keys, weights_and_states, u)
@@ -112,7 +112,7 @@ def ep_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, beta: float
     measure = measure or (lambda s: s)
     free = settle(view(), u, **settle_kw) if free is None else free
     nudge = lambda b: settle(view(), u, beta=b, target=target, s0=free.s, **settle_kw)
-    difference = lambda a, b, w: _param_grads(cc, keys, [(w, measure(b.s), b.cc), (-w, measure(a.s), a.cc)], u)
+    difference = lambda a, b, w: weighted_param_grads(cc, keys, [(w, measure(b.s), b.cc), (-w, measure(a.s), a.cc)], u)
     grads, nudged = ep_estimate(free, nudge, difference, mode=mode, beta=beta, batch=u.shape[0], sign=sign,
                                 generator=generator, dtype=cc.dtype, device=cc.device)
     return EPResult(grads, free, nudged, cost(cc, free.V, target))

@@ -165,12 +165,13 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int) -> tor
         if shock.d.numel():  # warm-started, step-limited Newton on each node's convex 1-D problem
             w = v[:, shock.d] - shock.kap * s[:, shock.root]  # the part not set by this node
             IS, nvt, vcrit = dio.IS[shock.d], dio.nvt[shock.d], dio.vcrit[shock.d]
+            xbv = None if dio.xbv is None else dio.xbv[shock.d]
             # a start far into forward bias (e.g. the linear first guess) restarts at the knee
             x = _clip_to_clamps(s[:, colour], shock.loc, shock.kap, w - vcrit - 10 * nvt)
             akap = shock.kap.abs()
             for _ in range(inner):
                 vd = w + shock.kap * x[:, shock.loc]
-                i, di = diode_iv(vd, IS, nvt)
+                i, di = diode_iv(vd, IS, nvt, xbv)
                 grad = (Dc * x - f).index_add(1, shock.loc, shock.kap * i)
                 hess = Dc.expand_as(x).index_add(1, shock.loc, shock.kap * shock.kap * di)
                 # a diode's voltage may rise freely up to its knee, then by 2 n V_T per step
@@ -330,7 +331,7 @@ def _transient_step(problem: Problem, s: torch.Tensor, dt: float, cap: torch.Ten
     h = ops.D.expand_as(s)
     dio = ops.dio
     if dio.shock.d.numel():
-        _, di = diode_iv(dio.voltages(s), dio.IS, dio.nvt)
+        _, di = diode_iv(dio.voltages(s), dio.IS, dio.nvt, dio.xbv)
         h = h.index_add(1, dio.shock.root, dio.shock.kap ** 2 * di[:, dio.shock.d])
     q = -dt * r
     if temperature > 0:  # charge noise per step: each conductance g adds current noise of PSD 2kTg... ×2 sides

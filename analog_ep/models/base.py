@@ -23,6 +23,7 @@ class EPStep:
     loss: torch.Tensor  # (B,) cost ½‖output − target‖² of each sample at the free state (V² for circuits)
     outputs: torch.Tensor  # (B, n_out) free-phase outputs (volts for circuits)
     iterations: int  # free-phase iterations (solver sweeps, or time steps)
+    measurement_time: float = 0.0  # s the step takes on the hardware's clock (settles, reads), 0 if not modelled
 
 
 class EPModel(ABC):

@@ -26,8 +26,8 @@ from ..circuit import Circuit, DiodeModel, layered, parse_layers
 from ..circuit.builder import input_pairs
 from ..devices import DeviceArray, DeviceModel
 from ..emulator import Compiled, compile_circuit, settle
-from ..emulator.ep import ep_gradient
 from .base import EPModel, EPStep
+from .estimators import Estimator, estimate
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -53,7 +53,8 @@ class AnalogCircuit(nn.Module, EPModel):
     its target voltage, ``mode`` the nudging ("positive", "centered", "random"); ``target`` the
     output voltages (wrong class, right class) that class labels map to; conductances are kept in
     [``g_min``, ``g_max``] siemens. ``rtol``/``max_iters`` are the settle tolerance (relative
-    voltage error) and sweep limit."""
+    voltage error) and sweep limit; ``estimator`` how an EP step reads the devices
+    (:mod:`analog_ep.models.estimators`: per-settle EP, CDS, lock-in)."""
 
     def __init__(self, layers: str | Sequence[int] | None = None, *, circuit: Circuit | None = None, seed: int = 0,
                  amplifier_gain: float | None = None, diode: str | DiodeModel | None = DiodeModel(),
@@ -61,7 +62,7 @@ class AnalogCircuit(nn.Module, EPModel):
                  bias: bool = True, input_voltage: float = 1.0, g_min: float = 0.0, g_max: float = 1e-4,
                  target: tuple[float, float] = (0.0, 1.0), beta: float = 1e-4, mode: str = "centered",
                  rtol: float | None = None, max_iters: int = 200, dtype: torch.dtype | str = torch.float32,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", estimator: Estimator = Estimator()):
         super().__init__()
         if (layers is None) == (circuit is None):
             raise ValueError("give exactly one of layers= or circuit=")
@@ -75,6 +76,7 @@ class AnalogCircuit(nn.Module, EPModel):
         self.input_voltage, self.g_min, self.g_max = float(input_voltage), float(g_min), float(g_max)
         self.target, self.beta, self.mode = tuple(target), float(beta), mode
         self.rtol, self.max_iters = rtol, int(max_iters)
+        self.estimator = estimator
         self.devices: DeviceArray | None = None
         self._compile(DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype, torch.device(device))
         for k in self.cc.trainable:
@@ -108,7 +110,9 @@ class AnalogCircuit(nn.Module, EPModel):
         m = cls(c["layers"], seed=c["seed"], amplifier_gain=c["amplifier_gain"], diode=c["diode"],
                 clamp=tuple(c["clamp"]), g_init=tuple(c["g_init"]), bias=c["bias"], input_voltage=c["input_voltage"],
                 g_min=t["g_min"], g_max=t["g_max"], target=tuple(t["target"]), beta=t["beta"], mode=t["nudging"],
-                rtol=t["rtol"], max_iters=t["max_iters"], dtype=t["dtype"], device=device)
+                rtol=t["rtol"], max_iters=t["max_iters"], dtype=t["dtype"], device=device,
+                estimator=Estimator(t.get("estimator", "ep"), t.get("lockin_periods", 4), t.get("lockin_points", 4),
+                                    t.get("update_time", 0.0)))
         dev = raw.get("device", {})
         if dev.get("in_the_loop"):
             m.attach_devices(DeviceModel.build(dev.get("preset", "ideal"), **dev.get("settings", {})), dev.get("seed", 0))
@@ -193,11 +197,11 @@ class AnalogCircuit(nn.Module, EPModel):
         mean cost, added to the conductances' ``.grad`` (S⁻¹·V², i.e. d(V²)/dS)."""
         u = self.sources(x)
         y = self.targets(y)
-        ep = ep_gradient(self.cc, u, y, self.beta if beta is None else beta, mode=mode or self.mode,
-                         keys=list(self.cc.trainable), sign=sign, generator=generator, view=self._view,
-                         measure=self._measure, **self._settle_kw())
-        self.accumulate(ep.grads)
-        return EPStep(ep.loss.detach(), self._outputs(ep.free).detach(), ep.free.iterations)
+        est = estimate(self.cc, self.devices, u, y, self.beta if beta is None else beta, mode=mode or self.mode,
+                       estimator=self.estimator, keys=list(self.cc.trainable), settle_kw=self._settle_kw(), sign=sign,
+                       generator=generator)
+        self.accumulate(est.grads)
+        return EPStep(est.loss.detach(), est.outputs.detach(), est.free.iterations, est.measurement_time)
 
     def project(self) -> None:
         """Conductances back into [g_min, g_max] siemens, as devices keep them."""
@@ -219,11 +223,16 @@ class AnalogCircuit(nn.Module, EPModel):
                 p.copy_(self.devices.update(k, before[k], p))
 
     def extra_state(self) -> dict:
-        return {} if self.devices is None else dict(device_rng=self.devices.gen.get_state())
+        """The devices' generator, clock and read-noise process (exact resume in the loop)."""
+        return {} if self.devices is None else dict(devices=self.devices.state_dict())
 
     def load_extra_state(self, state: dict) -> None:
-        if self.devices is not None and "device_rng" in state:
-            self.devices.gen.set_state(state["device_rng"])
+        if self.devices is None:
+            return
+        if "devices" in state:
+            self.devices.load_state_dict(state["devices"])
+        elif "device_rng" in state:  # checkpoints before the read-noise process saved the generator alone
+            self.devices.load_state_dict(dict(gen=state["device_rng"], time=0.0, noise=None))
 
     def summary(self) -> str:
         return self.circuit.summary()

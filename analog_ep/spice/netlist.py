@@ -6,6 +6,7 @@ the same element groups and node roles, so export -> import -> export is the ide
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..circuit.ir import (
     GROUND_INDEX,
+    IBV_DEFAULT,
     Amplifiers,
     Circuit,
     CircuitError,
@@ -23,7 +25,7 @@ from ..circuit.ir import (
     Role,
     VoltageSources,
 )
-from .units import format_value
+from ..circuit.units import format_value
 
 # Tight enough for microvolt agreement with the emulator; gmin is the conductance ngspice
 # puts across every junction, which the emulator models when comparing.
@@ -67,15 +69,20 @@ def element_names(group, nodes: tuple[str, ...]) -> list[str]:
     return [f"{prefix}{group.name}_{k}" for k in range(len(group))]
 
 
-def _diode_models(c: Circuit) -> tuple[dict[str, list[str]], dict[str, tuple[float, float, float]]]:
-    """Model name of every diode (per group) and the parameters (IS, N, RS) of every model:
-    one ``.model`` per distinct parameter set, and imported model names are kept."""
+DiodeCard = tuple[float, float, float, float, float, tuple[tuple[str, float], ...]]
+"""A diode model's parameters: (IS, N, RS, BV, IBV, non-DC (NAME, value) pairs)."""
+
+
+def diode_models(c: Circuit) -> tuple[dict[str, list[str]], dict[str, DiodeCard]]:
+    """Model name of every diode (per group) and the parameters of every model: one
+    ``.model`` per distinct parameter set, and imported model names are kept."""
     per_group: dict[str, list[str]] = {}
-    defs: dict[str, tuple[float, float, float]] = {}
-    generated: dict[tuple[float, float, float], str] = {}
+    defs: dict[str, DiodeCard] = {}
+    generated: dict[DiodeCard, str] = {}
     for g in c.groups(Diodes):
         names = []
-        for k, key in enumerate(zip(g.IS.tolist(), g.N.tolist(), g.RS.tolist())):
+        non_dc = g.non_dc if g.non_dc is not None else ((),) * len(g)
+        for k, key in enumerate(zip(g.IS.tolist(), g.N.tolist(), g.RS.tolist(), g.BV.tolist(), g.IBV.tolist(), non_dc)):
             if g.models is not None:
                 name = g.models[k]
             elif key in generated:
@@ -90,6 +97,21 @@ def _diode_models(c: Circuit) -> tuple[dict[str, list[str]], dict[str, tuple[flo
             names.append(name)
         per_group[g.name] = names
     return per_group, defs
+
+
+def model_card(card: DiodeCard) -> list[tuple[str, float]]:
+    """The (NAME, value) parameters a ``.model NAME D(...)`` line carries for ``card``: IS and N
+    always, RS when non-zero, BV and IBV with breakdown (IBV alone when it differs from SPICE's
+    default), then the non-DC parameters as imported."""
+    IS, N, RS, BV, IBV, non_dc = card
+    params = [("IS", IS), ("N", N)]
+    if RS > 0:
+        params.append(("RS", RS))
+    if math.isfinite(BV):
+        params.append(("BV", BV))
+    if math.isfinite(BV) or IBV != IBV_DEFAULT:
+        params.append(("IBV", IBV))
+    return params + list(non_dc)
 
 
 def _group_lines(g, c: Circuit, models: Mapping) -> Iterator[str]:
@@ -150,14 +172,13 @@ def deck_lines(circuit: Circuit, options: Mapping[str, str] | None = None, heade
     opts = deck_options(c, options)
     if opts:
         yield ".options " + " ".join(f"{k}={v}" for k, v in opts.items())
-    models, model_defs = _diode_models(c)
+    models, model_defs = diode_models(c)
     for g in c.elements:
         flag = " ideal" if isinstance(g, Diodes) and g.ideal else ""
         yield f"*@ group {g.kind} {g.name}{flag}"
         yield from _group_lines(g, c, models)
-    for name, (IS, N, RS) in model_defs.items():
-        rs = f" RS={format_value(RS)}" if RS > 0 else ""
-        yield f".model {name} D(IS={format_value(IS)} N={format_value(N)}{rs})"
+    for name, card in model_defs.items():
+        yield f".model {name} D(" + " ".join(f"{k}={format_value(v)}" for k, v in model_card(card)) + ")"
     yield ".op"
     yield ".end"
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Iterator, Mapping
 
 from ..circuit.ir import Amplifiers, Circuit, Conductances, CurrentSources, Diodes, Nudges, VoltageSources
-from .netlist import _diode_models, deck_options, element_names, write_deck
+from .netlist import deck_options, diode_models, element_names, model_card, write_deck
 from .ngspice import OperatingPoint, SpiceError, log_errors, operating_point
 from .parser import parse_deck
 
@@ -39,12 +39,9 @@ def to_pyspice(circuit: Circuit):
 
     c, nodes = circuit, circuit.nodes
     pc = PyCircuit(c.title)
-    models, defs = _diode_models(c)
-    for name, (IS, N, RS) in defs.items():
-        params = dict(IS=IS, N=N)
-        if RS > 0:
-            params["RS"] = RS
-        pc.model(name, "D", **params)
+    models, defs = diode_models(c)
+    for name, card in defs.items():
+        pc.model(name, "D", **dict(model_card(card)))
     for g in c.elements:
         names = element_names(g, nodes)
         if isinstance(g, Conductances):

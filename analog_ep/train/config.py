@@ -44,6 +44,10 @@ class TrainConfig:
     max_iters: int = 200
     seed: int = 0
     eval_batch: int = 1000
+    estimator: str = "ep"  # circuits on devices: ep (per-settle reads) | cds | lockin (analog_ep.models.estimators)
+    lockin_periods: int = 4  # lockin: K periods of the oscillating nudge
+    lockin_points: int = 4  # lockin: N settles per period
+    update_time: float = 0.0  # s on the devices' clock between two EP steps (programming pulses)
 
 
 @dataclass

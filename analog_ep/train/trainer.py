@@ -35,6 +35,7 @@ class Metrics:
     val_error: float
     seconds: float
     mean_sweeps: float
+    measurement_time: float = 0.0  # s per EP step on the hardware's clock (devices' settles and reads)
 
 
 class Trainer:
@@ -134,8 +135,9 @@ class Trainer:
     # ------------------------------------------------------------------ EP
     def step(self, x, labels: torch.Tensor, idx: torch.Tensor | None = None) -> tuple[float, float, int]:
         """One EP update on a (global) minibatch (``idx``: the examples' indices in the training
-        set); returns (mean loss, error rate, free-phase iterations). In a distributed run this
-        rank computes its shard and the gradients are summed."""
+        set); returns (mean loss, error rate, free-phase iterations) and keeps the step's
+        hardware time in ``last_measurement_time``. In a distributed run this rank computes its
+        shard and the gradients are summed."""
         labels = torch.as_tensor(labels)
         B = len(labels)
         sign = torch.randint(0, 2, (B,), generator=self.gen) * 2 - 1 if self.model.mode == "random" else None
@@ -145,6 +147,7 @@ class Trainer:
         res = self.model.ep_step(x[mine], labels[mine], sign=None if sign is None else sign[mine],
                                  idx=None if idx is None else idx[mine], generator=self.gen, optimizer=self.opt)
         grads = [self.params[k].grad for k in self.keys]
+        self.last_measurement_time = res.measurement_time
         loss = res.loss.sum().cpu()
         wrong = (res.outputs.argmax(1).cpu() != labels[mine]).sum().to(self.dtype)
         if self.dist.active:  # shard means -> global batch mean
@@ -190,7 +193,7 @@ class Trainer:
             t0 = time.perf_counter()
             for group in self.opt.param_groups:
                 group["lr"] = self.lr_of(group["name"], self.epoch)
-            losses, errs, sweeps = [], [], []
+            losses, errs, sweeps, times = [], [], [], []
             bar = tqdm(batches(train), desc=f"epoch {self.epoch + 1}/{total}", leave=False, disable=not bar_on,
                        total=len(train) if hasattr(train, "__len__") else None)
             for x, y, idx in bar:
@@ -198,11 +201,11 @@ class Trainer:
                 if not math.isfinite(loss) or loss > 1e6:
                     raise TrainingError(f"loss diverged ({loss}) in epoch {self.epoch + 1}; "
                                         f"the last good checkpoint is kept in {self.out}")
-                losses.append(loss), errs.append(err), sweeps.append(it)
+                losses.append(loss), errs.append(err), sweeps.append(it), times.append(self.last_measurement_time)
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", err=f"{np.mean(errs[-50:]):.3f}")
             self.epoch += 1
             m = Metrics(self.epoch, float(np.mean(losses)), float(np.mean(errs)), self.error(*val),
-                        time.perf_counter() - t0, float(np.mean(sweeps)))
+                        time.perf_counter() - t0, float(np.mean(sweeps)), float(np.mean(times)))
             self.history.append(m)
             if self.dist.is_main and (progress or self.out is not None):  # a run directory gets a log line per epoch
                 print(f"epoch {m.epoch}: train loss {m.train_loss:.4f}, train error {m.train_error:.4f}, "
