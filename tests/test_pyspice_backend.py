@@ -95,3 +95,10 @@ def test_fresh_process_prints_nothing_but_the_result():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0.6875" and proc.stderr == ""
+
+
+def test_error_in_the_title_is_not_an_error():
+    """PySpice 1.5 raises NgSpiceCircuitError when "error" appears in ngspice's output, and
+    ngspice echoes the circuit's title when it loads a deck."""
+    c = read_deck(ROOT / "netlists" / "divider.cir").replace(title="error budget of a divider")
+    assert run_op_pyspice(c).node_voltages["mid"] == pytest.approx(0.6875, abs=1e-12)
