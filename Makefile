@@ -21,15 +21,15 @@ $(BIN)/python:
 #  2. Failing that (public PyPI only), PyPI's `torch==2.13.0`. On Linux x86-64 that is the CUDA
 #     build: several GB of nvidia-* wheels, and it runs on a CPU all the same; on macOS and on
 #     ARM it is CPU-only anyway. Nothing here needs CUDA; use it where a GPU is present.
-# The line after the install says which build you got.
+# The last line of the setup says which build you got.
 TORCH := 2.13.0
 TORCH_INDEX ?=
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==$(TORCH)+cpu" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) 2>/dev/null \
 	  || { echo "no CPU-only torch $(TORCH) on the configured indexes: installing PyPI's torch==$(TORCH)"; \
 	       $(BIN)/pip install -q "torch==$(TORCH)"; }
-	@$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA ' + torch.version.cuda + ')' if torch.version.cuda else '(CPU only)')"
 	$(BIN)/pip install -q -e '.[test,docs]'
+	@$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA ' + torch.version.cuda + ')' if torch.version.cuda else '(CPU only)')"
 	rm -f $(VENV)/.installed-* && touch $@
 
 ngspice:
