@@ -172,12 +172,8 @@ def export(
     """Write a SPICE deck (ngspice syntax) of a layered or graph network."""
     from .circuit import DiodeModel, from_graph, layered
     from .circuit.transforms import fold_sources
-<<<<<<< HEAD
-    from .spice.netlist import save_deck
-    from .train.files import atomic_write
-=======
     from .spice.netlist import save_deck, write_deck
->>>>>>> eco
+    from .train.files import atomic_write
 
     if sum(x is not None for x in (layers, graph, checkpoint)) != 1:
         _fail("give exactly one of --layers, --graph or --checkpoint")
@@ -214,22 +210,15 @@ def export(
         from .spice.pyspice import to_pyspice
 
         text = str(to_pyspice(circuit))
-<<<<<<< HEAD
-        atomic_write(output, lambda tmp: tmp.write_text(text))
-    else:
-        atomic_write(output, lambda tmp: save_deck(circuit, tmp))
-    typer.echo(f"wrote {output}: {circuit.summary()}", err=True)
-=======
         if to_stdout:
             typer.echo(text, nl=False)
         else:
-            output.write_text(text)
+            atomic_write(output, lambda tmp: tmp.write_text(text))
     elif to_stdout:
         typer.echo(write_deck(circuit), nl=False)
     else:
-        save_deck(circuit, output)
+        atomic_write(output, lambda tmp: save_deck(circuit, tmp))
     typer.echo(f"wrote {'the deck to stdout' if to_stdout else output}: {circuit.summary()}", err=True)
->>>>>>> eco
 
 
 @app.command(rich_help_panel=NETLISTS)
@@ -332,21 +321,7 @@ def _device_settings(settings: list[str]) -> dict:
     return extra
 
 
-<<<<<<< HEAD
-@app.command()
-=======
-def _device_config(base, preset: Optional[str], settings: list[str], in_the_loop: bool):
-    """The [device] table with a preset and KEY=VALUE overrides from the command line."""
-    import dataclasses
-
-    cfg = dataclasses.replace(base, preset=preset or base.preset, in_the_loop=in_the_loop,
-                              settings={**base.settings, **_device_settings(settings)})
-    cfg.model()  # validates
-    return cfg
-
-
 @app.command(rich_help_panel=TRAINING)
->>>>>>> eco
 @_guard
 def train(
     config: Path = typer.Option(..., help="TOML config (see examples/)."),
