@@ -7,7 +7,9 @@ differentiation, float64): cosine similarity and relative error ‖ĝ − g‖/�
 the reads it takes and of its measurement time per step (the devices' clock: settles, read
 windows, conversions). Noise models: the ``reram`` preset as cited (white + 1/f read noise as a
 process in time, plus its programming non-idealities), and the same with only its white part or
-only its 1/f part. Estimators: per-settle EP (one view and one absolute 8-bit read per settle,
+only its 1/f part; the samples of the batch are read one after another (``sequential_reads``:
+noise faster than a phase is independent per sample, slower noise one process shared by the
+batch). Estimators: per-settle EP (one view and one absolute 8-bit read per settle,
 the model of the earlier robustness sweep), CDS centred EP with 1 or 4 averaged reads, and the
 lock-in of an oscillating nudge over 4 periods (analog_ep.models.estimators), each with read
 windows of 1 µs (the preset's read pulse), 100 µs and 1 ms. "Default budget": 100 µs windows.
@@ -41,10 +43,11 @@ from analog_ep.models.estimators import Estimator, estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 READOUT = dict(cds=True, diff_adc_bits=10, diff_adc_range=0.05)
+SEQUENTIAL = dict(sequential_reads=True)  # the 128 samples are read one after another on one array
 NOISE = {
-    "reram": {},
-    "white-only": dict(flicker_noise=0.0),
-    "flicker-only": dict(white_noise=0.0),
+    "reram": SEQUENTIAL,
+    "white-only": dict(SEQUENTIAL, flicker_noise=0.0),
+    "flicker-only": dict(SEQUENTIAL, white_noise=0.0),
 }
 WINDOWS = (1e-6, 1e-4, 1e-3)  # s per read: the preset's 1 µs read pulse, and longer integrations
 DEFAULT_WINDOW = 1e-4
