@@ -53,6 +53,29 @@ class Phase(str, Enum):
     nudged = "nudged"
 
 
+class Backend(str, Enum):
+    subprocess = "subprocess"
+    pyspice = "pyspice"
+
+
+# --help groups the commands by use
+NETLISTS, SPICE_VS_EMULATOR, TRAINING, STUDIES = "Netlists", "SPICE vs emulator", "Training", "Studies"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"analog-ep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")) -> None:
+    """Options that come before the command (the app's help text is set on ``app``)."""
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -126,14 +149,14 @@ def load_graph(path: Path):
         raise ValueError(f"cannot read graph {path}: {e}") from e
 
 
-@app.command()
+@app.command(rich_help_panel=NETLISTS)
 @_guard
 def export(
     layers: Optional[str] = typer.Option(None, help="Layer sizes, e.g. 784,100,10 (inputs become +/-x source pairs)."),
     graph: Optional[Path] = typer.Option(None, help="GraphML/GML file: nodes with 'role' (input|bias|hidden|output) "
                                                     "and 'v' for inputs/biases; edges with signed 'weight' in siemens."),
     checkpoint: Optional[Path] = typer.Option(None, help="A trained checkpoint: export its circuit."),
-    output: Path = typer.Option(..., "-o", "--output", help="Deck file to write."),
+    output: Path = typer.Option(..., "-o", "--output", help="Deck file to write ('-': standard output)."),
     seed: int = typer.Option(0, help="Seed of the random conductances and the default input pattern."),
     phase: Phase = typer.Option(Phase.free, help="free, or nudged (adds beta conductances to target sources)."),
     target: Optional[str] = typer.Option(None, help="Nudged phase: comma-separated target voltages, one per output."),
@@ -149,7 +172,7 @@ def export(
     """Write a SPICE deck (ngspice syntax) of a layered or graph network."""
     from .circuit import DiodeModel, from_graph, layered
     from .circuit.transforms import fold_sources
-    from .spice.netlist import save_deck
+    from .spice.netlist import save_deck, write_deck
     from .train.files import atomic_write
 
     if sum(x is not None for x in (layers, graph, checkpoint)) != 1:
@@ -182,17 +205,23 @@ def export(
     if norton:
         circuit = fold_sources(circuit)
     circuit = circuit.replace(meta=dict(circuit.meta, command="analog-ep " + " ".join(sys.argv[1:])))
+    to_stdout = str(output) == "-"
     if pyspice:
         from .spice.pyspice import to_pyspice
 
         text = str(to_pyspice(circuit))
-        atomic_write(output, lambda tmp: tmp.write_text(text))
+        if to_stdout:
+            typer.echo(text, nl=False)
+        else:
+            atomic_write(output, lambda tmp: tmp.write_text(text))
+    elif to_stdout:
+        typer.echo(write_deck(circuit), nl=False)
     else:
         atomic_write(output, lambda tmp: save_deck(circuit, tmp))
-    typer.echo(f"wrote {output}: {circuit.summary()}", err=True)
+    typer.echo(f"wrote {'the deck to stdout' if to_stdout else output}: {circuit.summary()}", err=True)
 
 
-@app.command()
+@app.command(rich_help_panel=NETLISTS)
 @_guard
 def check(deck: Path = typer.Argument(..., help="SPICE deck to validate.")):
     """Parse and validate a deck without running it; print what it contains."""
@@ -200,32 +229,39 @@ def check(deck: Path = typer.Argument(..., help="SPICE deck to validate.")):
     typer.echo(f"{deck}: ok: {circuit.summary()}")
 
 
-@app.command()
+@app.command(rich_help_panel=SPICE_VS_EMULATOR)
 @_guard
 def spice(
     deck: Path = typer.Argument(..., help="SPICE deck (validated first; decks with .control etc. are refused)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
-    timeout: float = typer.Option(900.0, help="Seconds before ngspice is stopped."),
+    timeout: float = typer.Option(900.0, help="Seconds before ngspice is stopped (subprocess backend)."),
+    backend: Backend = typer.Option(Backend.subprocess, help="subprocess: ngspice -b in a child process; pyspice: "
+                                    "ngspice's shared library in this process (no start-up per deck, no timeout)."),
 ):
     """Run the DC operating point of a deck in ngspice and print the node voltages."""
     from .spice.ngspice import run_op
 
     _positive_seconds(timeout, "--timeout")
     circuit = _read_deck(deck)
-    op = run_op(circuit, timeout=timeout)
+    if backend is Backend.pyspice:
+        from .spice.pyspice import run_op_pyspice
+
+        op = run_op_pyspice(circuit)
+    else:
+        op = run_op(circuit, timeout=timeout)
     for note in op.notes:
         typer.echo(f"ngspice: {note}", err=True)
     if as_json:
-        typer.echo(json.dumps(dict(deck=str(deck), node_voltages=op.node_voltages, seconds=op.seconds,
+        typer.echo(json.dumps(dict(deck=str(deck), backend=backend.value, node_voltages=op.node_voltages, seconds=op.seconds,
                                    analysis_seconds=op.analysis_seconds, options=op.options, notes=op.notes)))
     else:
         typer.echo(f"{deck}: {circuit.summary()}")
-        typer.echo(f"ngspice {op.seconds:.3f} s, options: " + " ".join(f"{k}={v}" for k, v in op.options.items()))
+        typer.echo(f"ngspice ({backend.value}) {op.seconds:.3f} s, options: " + " ".join(f"{k}={v}" for k, v in op.options.items()))
         for name in circuit.nodes:
             typer.echo(f"{name:>16s} {op.node_voltages[name]: .12g} V")
 
 
-@app.command()
+@app.command(rich_help_panel=SPICE_VS_EMULATOR)
 @_guard
 def compare(
     deck: Path = typer.Argument(..., help="SPICE deck (validated first)."),
@@ -285,7 +321,7 @@ def _device_settings(settings: list[str]) -> dict:
     return extra
 
 
-@app.command()
+@app.command(rich_help_panel=TRAINING)
 @_guard
 def train(
     config: Path = typer.Option(..., help="TOML config (see examples/)."),
@@ -340,7 +376,7 @@ def train(
         f"{', '.join(Path(p).name for p in done['wrote'])} in {out}")
 
 
-@app.command()
+@app.command(rich_help_panel=TRAINING)
 @_guard
 def evaluate(
     checkpoint: Path = typer.Option(..., help="Checkpoint file or run directory."),
@@ -376,7 +412,7 @@ def evaluate(
                        f"max |dV| {result['max_abs_dv']:.2g} V; {result['spice_seconds']:.1f} s in ngspice")
 
 
-@app.command()
+@app.command(rich_help_panel=STUDIES)
 @_guard
 def sweep(
     checkpoint: Path = typer.Option(..., help="Trained checkpoint (file or run directory)."),
@@ -409,7 +445,7 @@ def sweep(
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-@app.command()
+@app.command(rich_help_panel=STUDIES)
 @_guard
 def gdu(
     model: str = typer.Option("toy", help="toy (seed 003 C.2), eb-1h or p-1h (784-512-10 on MNIST), p-conv (appendix D on MNIST)."),
@@ -443,7 +479,7 @@ def gdu(
         typer.echo(f"  {name:>6s}: RelMSE {v:.4f}" + ("" if sign is None else f", sign agreement {100 * sign:.1f} %"))
 
 
-@app.command()
+@app.command(rich_help_panel=TRAINING)
 @_guard
 def pack(
     checkpoint: Path = typer.Option(..., help="Checkpoint file or run directory."),

@@ -5,7 +5,10 @@ non-converging deck stays in the child process (we get an exit status and a time
 dead interpreter); runs can go in parallel processes; and it avoids shared mode's known
 failures with ngspice 39 (stderr lines raised as errors, memory growth over many runs) and the
 slow construction of big circuits through PySpice's object API. The deck is always written by
-:mod:`.netlist` from a Circuit, so ngspice never sees user text.
+:mod:`.netlist` from a Circuit, so ngspice never sees user text. For many small decks,
+:func:`analog_ep.spice.pyspice.run_op_pyspice` runs the same deck in ngspice's shared library
+in this process and returns the same :class:`OperatingPoint` (:func:`operating_point` builds it
+for both).
 """
 from __future__ import annotations
 
@@ -141,17 +144,37 @@ def run_op(circuit: Circuit, *, options: Mapping[str, str] | None = None, timeou
         log = proc.stdout + "\n" + proc.stderr
         if proc.returncode < 0:
             raise SpiceError(f"ngspice crashed (signal {-proc.returncode})")
-        errors = [l.strip() for l in log.splitlines() if re.match(r"\s*(error|.*solution failed|.*aborted)", l, re.I)]
         if proc.returncode != 0 or not raw.exists() or raw.stat().st_size == 0:
-            reason = "; ".join(errors[-3:]) or f"exit status {proc.returncode}"
+            reason = "; ".join(log_errors(log)[-3:]) or f"exit status {proc.returncode}"
             raise SpiceError(f"ngspice found no operating point: {reason}")
-        data = read_rawfile(raw)
+        vectors = read_rawfile(raw)
+    return operating_point(circuit, vectors, log, seconds, options)
+
+
+def log_errors(log: str) -> list[str]:
+    """ngspice's error lines in its printed output (``error ...``, ``... solution failed``,
+    ``... aborted``), stripped, in order."""
+    return [l.strip() for l in log.splitlines() if re.match(r"\s*(error|.*solution failed|.*aborted)", l, re.I)]
+
+
+def operating_point(circuit: Circuit, vectors: Mapping[str, np.ndarray], log: str, seconds: float,
+                    options: Mapping[str, str] | None = None) -> OperatingPoint:
+    """The operating point of ``circuit`` from ngspice's output vectors and its printed log.
+
+    ``vectors`` maps ngspice's vector names to their values, in either spelling ngspice uses:
+    rawfile names (``v(node)``, ``i(vsrc)``) or shared-library names (``node``,
+    ``vsrc#branch``); the first value of each is taken. Voltages are in volts, branch currents
+    in amperes. ``seconds`` is the wall time of the run; ``options`` the ``.options`` override
+    the deck was written with (``None``: the deck's own). Fallbacks (gmin or source stepping,
+    transient op) found in ``log`` become :attr:`OperatingPoint.notes`; a singular matrix or a
+    node without a voltage raises :class:`SpiceError`."""
     notes = sorted({l.strip() for l in log.splitlines()
                     if any(f in l.lower() for f in _FALLBACKS) or "singular matrix" in l.lower()})
-    if any("singular matrix" in n.lower() for n in notes):
-        raise SpiceError("ngspice reports a singular matrix (a node with no DC path to a source?): " + notes[0])
+    singular = [n for n in notes if "singular matrix" in n.lower()]
+    if singular:
+        raise SpiceError("ngspice reports a singular matrix (a node with no DC path to a source?): " + singular[0])
     by_lower = {k.lower(): k for k in circuit.nodes}
-    volts = {by_lower[_voltage_key(k)]: float(x[0]) for k, x in data.items() if _voltage_key(k) in by_lower}
+    volts = {by_lower[_voltage_key(k)]: float(x[0]) for k, x in vectors.items() if _voltage_key(k) in by_lower}
     volts["0"] = 0.0
     missing = [n for n in circuit.nodes if n not in volts]
     if missing:
@@ -159,7 +182,7 @@ def run_op(circuit: Circuit, *, options: Mapping[str, str] | None = None, timeou
     spelled = {n.lower(): n for g in circuit.groups(VoltageSources) for n in element_names(g, circuit.nodes)}
     spelled.update({f"v{n}".lower(): f"V{n}" for g in circuit.groups(Amplifiers) for n in element_names(g, circuit.nodes)})
     currents = {}
-    for k, x in data.items():
+    for k, x in vectors.items():
         m = re.fullmatch(r"i\((.*)\)", k) or re.fullmatch(r"(.*)#branch", k)
         if m and m.group(1) in spelled:  # E branches mirror their sense sources: left out
             currents[spelled[m.group(1)]] = float(x[0])
