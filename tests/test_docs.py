@@ -3,8 +3,8 @@
 Every ```python and ```sh block of the pages in docs/ runs in order, one page per test, in a
 fresh directory where ``netlists/``, ``examples/`` and ``docs/`` are the repository's, so a page
 can build on its earlier blocks (the Python blocks of a page share one namespace; shell blocks
-run with ``analog-ep`` on PATH). A block right after ``<!-- no-test: reason -->`` is skipped: the reason says why (it sets up a
-machine, it needs MNIST, it takes minutes).
+run with ``analog-ep`` on PATH). A block right after ``<!-- no-test: reason -->`` is skipped:
+the reason says why (it sets up a machine, it needs MNIST, it takes minutes).
 """
 import importlib.util
 import os
