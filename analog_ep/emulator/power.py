@@ -67,6 +67,7 @@ class Powers:
     absorbed: dict[str, torch.Tensor]
     kind: dict[str, str]  # key -> one of PASSIVE, SOURCES, AMPLIFIER_PORTS
     source_current: torch.Tensor  # (B, n_src), A: current each voltage source pushes into its node
+    target_current: torch.Tensor | None  # (B, n_out), A: the same for the EP nudge's target sources
     amplifiers: dict[str, AmplifierPorts]  # amplifier group name -> its ports
     residual: torch.Tensor  # (B,), W: Σ over free nodes of V·(KCL residual); 0 at an exact settle
 
@@ -107,6 +108,7 @@ def element_powers(result: SettleResult, *, beta: float | torch.Tensor = 0.0,
         J = V.new_zeros(V.shape)  # current leaving each node through the elements counted so far, A
         absorbed: dict[str, torch.Tensor] = {}
         kind: dict[str, str] = {}
+        target_current = None
 
         def add(key: str, what: str, value: torch.Tensor) -> None:
             absorbed[key] = absorbed.get(key, 0.0) + value
@@ -133,6 +135,7 @@ def element_powers(result: SettleResult, *, beta: float | torch.Tensor = 0.0,
             J.index_add_(1, cc.outputs, i)
             add("nudge", "nudge", (i * (V[:, cc.outputs] - y)).sum(1))
             add("V:nudge_target", "voltage_source", (y * i).sum(1))
+            target_current = -i
         clamps = []
         for d in cc.diodes:
             v = V[:, d.anode] - V[:, d.cathode]
@@ -157,7 +160,7 @@ def element_powers(result: SettleResult, *, beta: float | torch.Tensor = 0.0,
         for g in cc.circuit.groups(VoltageSources):
             nodes = torch.tensor(g.node.tolist(), dtype=torch.long, device=V.device)
             add(f"V:{g.name}", "voltage_source", -(V[:, nodes] * J[:, nodes]).sum(1))
-    return Powers(absorbed, kind, source_current, amplifiers, residual)
+    return Powers(absorbed, kind, source_current, target_current, amplifiers, residual)
 
 
 def _amplifier_chain(cc, J: torch.Tensor) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
