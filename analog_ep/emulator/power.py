@@ -3,9 +3,10 @@ over samples, with Tellegen's theorem as the bookkeeping check.
 
 Sign convention (Tellegen's associated reference directions): every element *absorbs* the
 power V·I at its terminals — a resistor, a diode or a nudge conductance what it dissipates
-(≥ 0), a source minus what it delivers. Over all elements the absorbed powers sum to zero (Tellegen's theorem:
-Σ V·I = 0 for any voltages that satisfy KVL and currents that satisfy KCL); at a settle that
-stopped at a finite KCL residual r the sum is Σ_free V·r instead (:attr:`Powers.residual`).
+(≥ 0), a source minus what it delivers. Over all elements the absorbed powers sum to zero
+(Tellegen's theorem: Σ V·I = 0 for any voltages that satisfy KVL and currents that satisfy
+KCL); at a settle that stopped at a finite KCL residual r the sum is Σ_free V·r instead
+(:attr:`Powers.residual`).
 
 How each current is obtained:
 
@@ -219,7 +220,8 @@ def _add_clamp_currents(result: SettleResult, clamps: list, V: torch.Tensor, J: 
         count = count.index_add(1, root, active.to(V.dtype))
     currents: dict[str, torch.Tensor] = {}
     for d, kap, root, active in terms:  # κ·i enters the root's KCL: Σ κ·i = −residual
-        i = torch.where(active, -residual[:, root] / (kap * count[:, root].clamp(min=1)), torch.zeros_like(residual[:, root]))
+        share = -residual[:, root] / (kap * count[:, root].clamp(min=1))
+        i = torch.where(active, share, torch.zeros_like(share))
         currents[d.name] = currents.get(d.name, 0.0) + i
     for d in clamps:
         i = currents[d.name]

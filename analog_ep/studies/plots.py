@@ -113,6 +113,7 @@ def energy_breakdown_plot(report: dict, ax: Axes | None = None) -> Figure:
     parts = sorted(((k, v) for k, v in report["breakdown_J"].items() if v > 0), key=lambda kv: kv[1])
     ax.barh([k for k, _ in parts], [v for _, v in parts])
     ax.set_xscale("log")
+    ax.set_xlim(left=parts[-1][1] * 1e-8)  # parts below 1e-8 of the largest are invisible anyway
     ax.set_xlabel("energy per inference (J)")
     ax.set_title(f"{report['energy_per_inference_J']:.3g} J per inference, {report['power_W']:.3g} W, "
                  f"settle {report['settle_time_s']:.3g} s", fontsize=9)
@@ -135,7 +136,8 @@ def energy_vs_size_plot(rows: list[dict], ax: Axes | None = None) -> Figure:
         ax.plot(n, [r["digital"]["platforms"][k]["energy_per_inference_J"] for r in rows], "^--",
                 label=f"digital inference: {platform['name']}")
     for x, r in zip(n, rows):
-        ax.annotate(r["name"], (x, r["energy_per_inference_J"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        ax.annotate(r["name"], (x, r["energy_per_inference_J"]), textcoords="offset points", xytext=(4, -10),
+                    fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("conductances in the circuit")

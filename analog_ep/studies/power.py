@@ -49,7 +49,7 @@ from ..devices.readout import rc_settle_time
 from ..emulator import Compiled, SettleResult, compile_circuit, settle
 from ..emulator.nudging import nudge_strengths
 from ..emulator.operators import assemble, hessian
-from ..emulator.power import PASSIVE, Powers, element_powers
+from ..emulator.power import AMPLIFIER_PORTS, PASSIVE, Powers, element_powers
 from ..spice import DEFAULT_OPTIONS
 from ..spice.netlist import element_names
 from ..spice.ngspice import run_op_many
@@ -126,6 +126,9 @@ class EnergyModel:
 
 @dataclass(frozen=True)
 class DigitalPlatform:
+    """Digital hardware by its energy per floating-point operation (J/FLOP) and where that
+    figure comes from."""
+
     name: str
     joules_per_flop: float
     source: str
@@ -133,9 +136,11 @@ class DigitalPlatform:
 
 DIGITAL_PLATFORMS = (
     DigitalPlatform("45 nm FP32 arithmetic only", (3.7e-12 + 0.9e-12) / 2,
-                    "Horowitz, ISSCC 2014: FP32 multiply 3.7 pJ + add 0.9 pJ per multiply-add (2 FLOPs), no data movement"),
+                    "Horowitz, ISSCC 2014 (45 nm): FP32 multiply 3.7 pJ + add 0.9 pJ per multiply-add "
+                    "(2 FLOPs), no data movement"),
     DigitalPlatform("CPU (Fujitsu A64FX)", 1 / 16.876e9,
-                    "Green500 Nov 2019, Fugaku prototype: 16.876 GFLOPS/W on HPL (FP64; Fujitsu press release 2019-11-18)"),
+                    "Green500 Nov 2019, Fugaku prototype: 16.876 GFLOPS/W on HPL (FP64; Fujitsu press "
+                    "release 2019-11-18)"),
     DigitalPlatform("GPU (NVIDIA A100 SXM4)", 400 / 19.5e12,
                     "NVIDIA A100 datasheet: 19.5 TFLOPS FP32 peak at 400 W maximum power"),
 )
@@ -204,8 +209,7 @@ class Phase:
     result: SettleResult
     powers: Powers
     settle_time: np.ndarray
-    beta: torch.Tensor | float = 0.0
-    target: torch.Tensor | None = None
+    target: torch.Tensor | None = None  # (B, n_out), V: the nudge's targets (nudged phases)
 
 
 def run_phases(cc: Compiled, u: torch.Tensor, energy: EnergyModel, *, target: torch.Tensor | None = None,
@@ -224,7 +228,7 @@ def run_phases(cc: Compiled, u: torch.Tensor, energy: EnergyModel, *, target: to
         res = settle(cc, u, rtol=rtol, beta=b, target=target, s0=free.s)
         name = "nudged" if len(signs) == 1 else ("+β", "−β")[k]
         phases.append(Phase(name, res, element_powers(res, beta=b, target=target),
-                            settle_times(res, cap, energy.settle_tolerance, beta=b, target=target), b, target))
+                            settle_times(res, cap, energy.settle_tolerance, beta=b, target=target), target))
     return phases
 
 
@@ -236,10 +240,10 @@ def amplifier_peak(phases: list[Phase]) -> float:
 
 def drawn_power(phase: Phase, rails: float, energy: EnergyModel) -> dict[str, np.ndarray]:
     """Where the power a phase draws (from sources and from the amplifiers' supply at rails
-    ±``rails`` V) goes, W per sample (B,): every
-    passive group (``g:``, ``d:``, ``gmin:``, ``nudge``), ``amplifiers`` (their supply power less
-    the net power their ports deliver) and ``sinking sources`` (power absorbed by sources, burnt).
-    The values sum to the drawn power up to the settle's KCL residual power."""
+    ±``rails`` V) goes, W per sample (B,): every passive group (``g:``, ``d:``, ``gmin:``,
+    ``nudge``), ``amplifiers`` (their supply power less the net power their ports deliver) and
+    ``sinking sources`` (power absorbed by sources, burnt). The values sum to the drawn power
+    up to the settle's KCL residual power."""
     pw, res = phase.powers, phase.result
     cc = res.cc
     delivered = [res.u * pw.source_current]
@@ -254,7 +258,7 @@ def drawn_power(phase: Phase, rails: float, energy: EnergyModel) -> dict[str, np
     supply = 2 * rails * energy.quiescent_current * energy.opamps_per_amplifier * n_amp
     if ports:
         supply = supply + rails * sum((p.i_in.abs() + p.i_out.abs()).sum(1) for p in ports)
-        net = -pw.total(("amplifier_in", "amplifier_out"))
+        net = -pw.total(AMPLIFIER_PORTS)
         out["amplifiers"] = (supply - net).cpu().numpy()
     out["sinking sources"] = (-per_source).clamp(min=0).sum(1).cpu().numpy()
     return out
@@ -288,13 +292,16 @@ def energy_report(cc: Compiled, u: torch.Tensor, energy: EnergyModel = EnergyMod
     e_inf = sum(breakdown.values())
     notes = []
     if peak > rails:
-        notes.append(f"amplifier rails ±{rails:g} V are below the largest port voltage {peak:.3g} V: the circuit would clip")
-    residual = max(float((ph.powers.residual.abs().cpu().numpy() / sum(d.values())).max()) for ph, d in zip(phases, drawn))
+        notes.append(f"amplifier rails ±{rails:g} V are below the largest port voltage {peak:.3g} V: "
+                     "the circuit would clip")
+    residual = max(float((ph.powers.residual.abs().cpu().numpy() / sum(d.values())).max())
+                   for ph, d in zip(phases, drawn))  # the settles' KCL residual power / drawn power
     report = dict(
         energy_per_inference_J=float(e_inf.mean()), power_W=float(power.mean()),
         settle_time_s=float(free.settle_time.mean()), latency_per_inference_s=float((on(free) + t_conv).mean()),
         n_samples=int(len(power)), amplifier_rails_V=rails, conversion_energy_J=conv,
-        spread=dict(energy_per_inference_J=_stats(e_inf), power_W=_stats(power), settle_time_s=_stats(free.settle_time)),
+        spread=dict(energy_per_inference_J=_stats(e_inf), power_W=_stats(power),
+                    settle_time_s=_stats(free.settle_time)),
         breakdown_J={k: float(v.mean()) for k, v in breakdown.items()},
         power_breakdown_W={k: float(v.mean()) for k, v in free_drawn.items()},
         tellegen_residual=residual, energy_model=dataclasses.asdict(energy), notes=notes)
@@ -323,8 +330,8 @@ def digital_energy(layers: Sequence[int], analog: dict) -> dict:
     step, their energy on each of :data:`DIGITAL_PLATFORMS`, and the ratio to the analog figures
     of ``analog`` (an :func:`energy_report`)."""
     flops = mlp_flops(layers)
-    out = dict(layers=list(layers), flops_per_inference=flops, flops_per_training_step=BACKPROP_FLOP_FACTOR * flops,
-               platforms=[])
+    out = dict(layers=list(layers), flops_per_inference=flops,
+               flops_per_training_step=BACKPROP_FLOP_FACTOR * flops, platforms=[])
     for p in DIGITAL_PLATFORMS:
         row = dict(name=p.name, joules_per_flop=p.joules_per_flop, source=p.source,
                    energy_per_inference_J=flops * p.joules_per_flop,
