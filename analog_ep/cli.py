@@ -305,19 +305,20 @@ def compare(
                f"speed ratio {cmp.speedup:.0f}x")
 
 
-def _device_settings(settings: list[str]) -> dict:
-    """KEY=VALUE device model overrides from the command line (TOML values: 0.01, 64, true, inf)."""
+def _device_settings(settings: list[str], option: str = "--device-set") -> dict:
+    """KEY=VALUE model overrides given with ``option`` on the command line (TOML values: 0.01,
+    64, true, inf)."""
     import tomllib
 
     extra = {}
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep:
-            _fail(f"--device-set wants KEY=VALUE, not {item!r}")
+            _fail(f"{option} wants KEY=VALUE, not {item!r}")
         try:
             extra[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError:
-            _fail(f"--device-set {item!r}: the value must be a number or true/false")
+            _fail(f"{option} {item!r}: the value must be a number or true/false")
     return extra
 
 
@@ -387,6 +388,8 @@ def evaluate(
                                                "preset (ideal, reram, pcm) and report mean and spread."),
     device_set: list[str] = typer.Option([], help="Device model field override KEY=VALUE (repeatable)."),
     realisations: int = typer.Option(5, help="Device realisations (or read-noise repeats) to average."),
+    power: bool = typer.Option(False, "--power", help="Also estimate energy, power and latency per inference and "
+                               "per training step on the first 100 test digits (as 'analog-ep power')."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ):
     """Test error of a trained circuit in the emulator; with --spice N, the proof in ngspice.
@@ -397,6 +400,10 @@ def evaluate(
     extra = _device_settings(device_set)
     result = evaluate_checkpoint(checkpoint, dataset=dataset, spice=spice, device=device, deploy_preset=device_model,
                                  deploy_settings=extra, realisations=realisations)
+    if power:
+        from .studies.power import checkpoint_energy
+
+        result["power"] = checkpoint_energy(checkpoint, device=device)
     test_error, errors = result["test_error"], result.get("test_errors", [])
     for note in result["notes"]:
         typer.echo(f"note: {note}", err=True)
@@ -410,6 +417,8 @@ def evaluate(
         if spice > 0:
             typer.echo(f"ngspice agrees with the emulator on {result['spice_agree']}/{result['spice_n']} digits; "
                        f"max |dV| {result['max_abs_dv']:.2g} V; {result['spice_seconds']:.1f} s in ngspice")
+        if power:
+            _echo_energy(result["power"])
 
 
 @app.command(rich_help_panel=STUDIES)
@@ -443,6 +452,71 @@ def sweep(
     paths = write_sweep(rows, out, meta)
     typer.echo(paths["md"].read_text())
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def _si(x: float, unit: str) -> str:
+    """x with an SI prefix, 3 significant digits: 1.47e-09 J -> '1.47 nJ'."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g} {unit}"
+    k = max(-5, min(4, math.floor(math.log10(abs(x)) / 3)))
+    return f"{x / 10 ** (3 * k):.3g} {'fpnµm kMGT'[k + 5].strip()}{unit}"
+
+
+def _echo_energy(r: dict) -> None:
+    """The energy report of 'power' (and 'evaluate --power') as a few lines."""
+    s = r["spread"]
+    pm = lambda key, unit: f"{_si(s[key]['mean'], unit)} ± {_si(s[key]['std'], unit)}"
+    typer.echo(f"{r['circuit']}; first {r['n_samples']} {r['dataset']} test digits")
+    typer.echo(f"per inference: energy {pm('energy_per_inference_J', 'J')}, power {pm('power_W', 'W')}, settle "
+               f"{pm('settle_time_s', 's')} (to {r['energy_model']['settle_tolerance']:.3g}), latency "
+               f"{_si(r['latency_per_inference_s'], 's')} (with one ADC conversion)")
+    top = sorted(r["breakdown_J"].items(), key=lambda kv: -kv[1])[:4]
+    typer.echo("  largest parts: " + ", ".join(f"{k} {_si(v, 'J')}" for k, v in top))
+    if "energy_per_training_step_J" in r:
+        t = r["training_step"]
+        typer.echo(f"per training step ({t['mode']}, beta {t['beta_S']:g} S, batch {t['batch_size']}): "
+                   f"{pm('energy_per_training_step_J', 'J')} per sample (device writes "
+                   f"{_si(t['write_energy_per_sample_J'], 'J')}), latency {_si(r['latency_per_training_step_s'], 's')}")
+    if "digital" in r:
+        d = r["digital"]
+        typer.echo(f"digital MLP {','.join(map(str, d['layers']))} ({d['flops_per_inference']:,} FLOPs per inference): "
+                   + "; ".join(f"{p['name']} {_si(p['energy_per_inference_J'], 'J')} "
+                               f"({p['inference_ratio_digital_over_analog']:.3g}x analog)" for p in d["platforms"]))
+    if "spice" in r:
+        sp = r["spice"]
+        typer.echo(f"ngspice on {sp['n']} digits: powers agree to {sp['max_rel_power_difference']:.2g} (relative), "
+                   f"source currents to {sp['max_abs_source_current_difference_A']:.2g} A; {sp['spice_seconds']:.1f} s")
+    for note in r["notes"]:
+        typer.echo(f"note: {note}", err=True)
+
+
+@app.command(rich_help_panel=STUDIES)
+@_guard
+def power(
+    checkpoint: Path = typer.Option(..., help="Trained circuit checkpoint (file or run directory)."),
+    n: int = typer.Option(100, help="Test digits to average over (the first N of the test set)."),
+    spice: int = typer.Option(0, help="Also run the first N of them through ngspice (full decks: ~20 s each for "
+                              "2x784-100-10) and compare powers and source currents."),
+    energy_set: list[str] = typer.Option([], "--set", help="Energy model override KEY=VALUE (repeatable), e.g. "
+                                         "node_capacitance=1e-13; fields in analog_ep.studies.power.EnergyModel."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG of the energy breakdown per inference."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
+):
+    """Energy, power and latency per inference and per EP training step of a trained circuit,
+    broken down by element group, against the same network on digital hardware."""
+    from .studies.power import EnergyModel, checkpoint_energy
+
+    energy = EnergyModel().updated(_device_settings(energy_set, "--set"))
+    result = checkpoint_energy(checkpoint, n=n, energy=energy, spice=spice, device=device)
+    if plot is not None:
+        from .studies.plots import energy_breakdown_plot, save
+
+        result["plot"] = str(save(energy_breakdown_plot(result), plot))
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        _echo_energy(result)
 
 
 @app.command(rich_help_panel=STUDIES)

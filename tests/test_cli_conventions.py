@@ -13,7 +13,8 @@ from .conftest import ROOT
 runner = CliRunner()
 
 PANELS = {"export": "Netlists", "check": "Netlists", "spice": "SPICE vs emulator", "compare": "SPICE vs emulator",
-          "train": "Training", "evaluate": "Training", "pack": "Training", "sweep": "Studies", "gdu": "Studies"}
+          "train": "Training", "evaluate": "Training", "pack": "Training", "sweep": "Studies", "gdu": "Studies",
+          "power": "Studies"}
 
 
 def test_version_is_the_package_version():

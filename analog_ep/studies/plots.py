@@ -102,3 +102,45 @@ def gdu_plot(p, n_traces: int = 4) -> Figure:
         ax.set_xlabel("t", fontsize=8)
         ax.tick_params(labelsize=7)
     return fig
+
+
+def energy_breakdown_plot(report: dict, ax: Axes | None = None) -> Figure:
+    """Energy per inference (J, log scale) by where it is dissipated, from an energy report
+    (:func:`analog_ep.studies.power.energy_report`): element groups, amplifiers, sinking sources
+    and the ADC read-out; the total in the title."""
+    fig, ax = _axes(ax, (6.0, 0.3 * len(report["breakdown_J"]) + 1.6))
+    parts = sorted(((k, v) for k, v in report["breakdown_J"].items() if v > 0), key=lambda kv: kv[1])
+    ax.barh([k for k, _ in parts], [v for _, v in parts])
+    ax.set_xscale("log")
+    ax.set_xlim(left=parts[-1][1] * 1e-8)  # parts below 1e-8 of the largest are invisible anyway
+    ax.set_xlabel("energy per inference (J)")
+    ax.set_title(f"{report['energy_per_inference_J']:.3g} J per inference, {report['power_W']:.3g} W, "
+                 f"settle {report['settle_time_s']:.3g} s", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    return fig
+
+
+def energy_vs_size_plot(rows: list[dict], ax: Axes | None = None) -> Figure:
+    """Energy per inference and per training step (J) against the number of conductances, one
+    point per circuit (``rows``: dicts with ``name``, ``conductances`` and an energy report's
+    ``energy_per_inference_J``, ``energy_per_training_step_J`` and ``digital``), with the same
+    networks' digital energies per inference, log-log."""
+    fig, ax = _axes(ax, (6.0, 4.2))
+    rows = sorted(rows, key=lambda r: r["conductances"])
+    n = [r["conductances"] for r in rows]
+    ax.plot(n, [r["energy_per_inference_J"] for r in rows], "o-", label="analog, inference")
+    ax.plot(n, [r["energy_per_training_step_J"] for r in rows], "s-", label="analog, EP training step")
+    for k, platform in enumerate(rows[0]["digital"]["platforms"]):
+        ax.plot(n, [r["digital"]["platforms"][k]["energy_per_inference_J"] for r in rows], "^--",
+                label=f"digital inference: {platform['name']}")
+    for x, r in zip(n, rows):
+        ax.annotate(r["name"], (x, r["energy_per_inference_J"]), textcoords="offset points", xytext=(4, -10),
+                    fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("conductances in the circuit")
+    ax.set_ylabel("energy (J)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
