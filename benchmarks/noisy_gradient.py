@@ -20,7 +20,8 @@ absolute ADC for the free voltages.
 
     .venv/bin/python benchmarks/noisy_gradient.py [--json] [--repeats 3]
 
-Writes benchmarks/results/noisy_gradient.json; with --json the last line is one JSON object with
+Writes benchmarks/results/noisy_gradient.json and noisy_gradient.png (1 − cosine against the
+measurement time per step: the gradient-quality Pareto front of each estimator); with --json the last line is one JSON object with
 ``best_cosine`` and ``best_estimator`` (reram preset, each estimator at its default budget).
 """
 from __future__ import annotations
@@ -57,6 +58,30 @@ ESTIMATORS += [(f"cds centred, {r} reads", Estimator("cds"), dict(READOUT, read_
 ESTIMATORS += [("lock-in, 4 periods", Estimator("lockin", periods=4, points=4), READOUT)]
 
 
+def pareto_figure(rows: list[dict]):
+    """1 − cosine against measurement time per EP step (log-log), one panel per noise model and
+    one line per estimator (its points: the read windows)."""
+    from matplotlib.figure import Figure
+
+    noises = list(dict.fromkeys(r["noise"] for r in rows))
+    fig = Figure(figsize=(4.2 * len(noises), 3.6))
+    for i, noise in enumerate(noises):
+        ax = fig.add_subplot(1, len(noises), i + 1)
+        for label in dict.fromkeys(r["estimator"] for r in rows):
+            pts = sorted((r["measurement_time_s"], 1 - r["cosine"]) for r in rows if r["noise"] == noise
+                         and r["estimator"] == label)
+            ax.plot([1e6 * t for t, _ in pts], [e for _, e in pts], "o-", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("measurement time per EP step (µs)")
+        ax.set_ylabel("1 − cosine with the exact gradient")
+        ax.set_title(noise)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def flat(g: dict) -> torch.Tensor:
     return torch.cat([v.reshape(-1).double() for _, v in sorted(g.items())])
 
@@ -70,7 +95,12 @@ def main() -> None:
                     help="nudge conductance, S (10x the XS config's, chosen for signal-to-noise: its noiseless "
                          "centred estimate still has cosine 1.0000 with the exact gradient; 2e-3 drops to 0.76)")
     ap.add_argument("--devices", default="cpu", help="torch device: cpu or cuda")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the figure from the JSON of the last run")
     args = ap.parse_args()
+    out = ROOT / "benchmarks/results/noisy_gradient.json"
+    if args.plot_only:
+        pareto_figure(json.loads(out.read_text())["rows"]).savefig(out.with_suffix(".png"), dpi=120)
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     d = load_dataset("mnist")
     x, labels = d.x_train[:args.batch], torch.as_tensor(d.y_train[:args.batch])
@@ -104,8 +134,8 @@ def main() -> None:
     result = dict(circuit="XS 2x784-100-10 (examples/pretrained/mnist_xs)", batch=args.batch, beta=args.beta,
                   repeats=args.repeats, readout_assumption=READOUT, reference="equilibrium_gradient, float64",
                   rows=rows, best_cosine=best["cosine"], best_estimator=best["estimator"])
-    out = ROOT / "benchmarks/results/noisy_gradient.json"
     out.write_text(json.dumps(result, indent=1))
+    pareto_figure(rows).savefig(out.with_suffix(".png"), dpi=120)
     print(f"wrote {out}", file=sys.stderr)
     if args.json:
         print(json.dumps(dict(best_cosine=best["cosine"], best_estimator=best["estimator"],
