@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# the extras `make setup` installs: tensorboard so that the TensorBoard logger's tests run, not skip
+EXTRAS := test,docs,tensorboard
+STAMP  := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(EXTRAS)) | cksum | cut -d' ' -f1)
 APT_PKGS := ngspice libngspice0 libngspice0-dev
 PYTEST_ARGS ?=
 export ANALOG_EP_DATA ?= $(CURDIR)/data
@@ -28,7 +30,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==$(TORCH)+cpu" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) 2>/dev/null \
 	  || { echo "no CPU-only torch $(TORCH) on the configured indexes: installing PyPI's torch==$(TORCH)"; \
 	       $(BIN)/pip install -q "torch==$(TORCH)"; }
-	$(BIN)/pip install -q -e '.[test,docs]'
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	@$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA ' + torch.version.cuda + ')' if torch.version.cuda else '(CPU only)')"
 	rm -f $(VENV)/.installed-* && touch $@
 

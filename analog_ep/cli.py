@@ -96,6 +96,42 @@ def _positive_seconds(value: float, option: str) -> float:
     return value
 
 
+def _torch_device_option():
+    """``--torch-device``: where the emulator's tensors live."""
+    return typer.Option(None, "--torch-device", help="Torch device: cpu, cuda or cuda:N (default: cpu).")
+
+
+def _device_alias_option():
+    """``--device``: the deprecated name of ``--torch-device``."""
+    return typer.Option(None, "--device", help="Deprecated alias of --torch-device.")
+
+
+def _torch_device(torch_device: Optional[str], alias: Optional[str]) -> str:
+    """The torch device given with ``--torch-device``, or with its deprecated alias ``--device``
+    (which prints a one-line warning on stderr); cpu if neither. Refused (exit 2) if torch does
+    not know it, or if it is a CUDA device and CUDA is not available."""
+    import torch
+
+    option, value = ("--torch-device", torch_device or "cpu") if alias is None else ("--device", alias)
+    if alias is not None:
+        if torch_device is not None:
+            _fail("give --torch-device only (--device is its deprecated alias)")
+        typer.echo("warning: --device is deprecated; use --torch-device", err=True)
+    try:
+        kind = torch.device(value).type
+    except RuntimeError:
+        _fail(f"{option}: {value!r} is not a torch device (cpu, cuda, cuda:N)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        _fail(f"{option} {value}: CUDA is not available to this torch ({torch.__version__})")
+    return value
+
+
+def _circuit_record(circuit) -> dict:
+    """What ``--json`` says about a circuit: node and element counts, and the summary line."""
+    return dict(nodes=len(circuit.nodes), free_nodes=len(circuit.free_nodes()), elements=circuit.element_counts(),
+                summary=circuit.summary())
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What bad input (files, settings, decks, data) raises on its way through the library."""
     import pickle
@@ -106,9 +142,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .spice.ngspice import SpiceError
     from .spice.parser import NetlistError
     from .train import TrainingError
+    from .train.logs import MissingDependency
 
-    return (CircuitError, NetlistError, SpiceError, ConvergenceError, DataError, TrainingError, ValueError, KeyError,
-            OSError, TypeError, IndexError, EOFError, pickle.UnpicklingError)
+    return (CircuitError, NetlistError, SpiceError, ConvergenceError, DataError, TrainingError, MissingDependency,
+            ValueError, KeyError, OSError, TypeError, IndexError, EOFError, pickle.UnpicklingError)
 
 
 def _guard(fn):
@@ -168,6 +205,8 @@ def export(
                                                      "--checkpoint, pixel values scaled by its input_voltage)."),
     norton: bool = typer.Option(False, help="Fold input sources into Norton equivalents (same voltages, much faster SPICE)."),
     pyspice: bool = typer.Option(False, help="Build the deck through PySpice's Circuit API instead of plain text."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line (after the deck, "
+                                 "with -o -)."),
 ):
     """Write a SPICE deck (ngspice syntax) of a layered or graph network."""
     from .circuit import DiodeModel, from_graph, layered
@@ -219,14 +258,21 @@ def export(
     else:
         atomic_write(output, lambda tmp: save_deck(circuit, tmp))
     typer.echo(f"wrote {'the deck to stdout' if to_stdout else output}: {circuit.summary()}", err=True)
+    if as_json:
+        typer.echo(json.dumps(dict(output=str(output), phase=phase.value, norton=norton, pyspice=pyspice,
+                                   **_circuit_record(circuit))))
 
 
 @app.command(rich_help_panel=NETLISTS)
 @_guard
-def check(deck: Path = typer.Argument(..., help="SPICE deck to validate.")):
+def check(deck: Path = typer.Argument(..., help="SPICE deck to validate."),
+          as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line.")):
     """Parse and validate a deck without running it; print what it contains."""
     circuit = _read_deck(deck)
-    typer.echo(f"{deck}: ok: {circuit.summary()}")
+    if as_json:
+        typer.echo(json.dumps(dict(deck=str(deck), ok=True, **_circuit_record(circuit))))
+    else:
+        typer.echo(f"{deck}: ok: {circuit.summary()}")
 
 
 @app.command(rich_help_panel=SPICE_VS_EMULATOR)
@@ -326,7 +372,8 @@ def _device_settings(settings: list[str], option: str = "--device-set") -> dict:
 @_guard
 def train(
     config: Path = typer.Option(..., help="TOML config (see examples/)."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    torch_device: Optional[str] = _torch_device_option(),
+    device: Optional[str] = _device_alias_option(),
     epochs: Optional[int] = typer.Option(None, help="Override the config's number of epochs."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<config name>)."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
@@ -334,6 +381,11 @@ def train(
     device_model: Optional[str] = typer.Option(None, help="Train in the loop on this device preset "
                                                "(ideal, reram, pcm); overrides the config's [device] preset."),
     device_set: list[str] = typer.Option([], help="Device model field override KEY=VALUE (repeatable)."),
+    tensorboard: Optional[Path] = typer.Option(None, help="Write TensorBoard event files to this directory (per "
+                                               "epoch: losses, errors, beta, settle sweeps, measurement time, "
+                                               "conductance histograms, device statistics; the [tensorboard] extra). "
+                                               "Without it, the config's [log] table decides."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ):
     """Train a circuit with Equilibrium Propagation in the emulator. Under torchrun, data-parallel
     over the ranks (gloo on CPU, NCCL on CUDA); rank 0 writes the run directory."""
@@ -343,13 +395,19 @@ def train(
     from .train import Config, Trainer, TrainingError, load_checkpoint
     from .train.distributed import init_from_env
     from .train.files import run_lock
+    from .train.logs import summary_writer_class
 
+    device = _torch_device(torch_device, device)
     cfg = Config.load(config)
     if epochs is not None:
         cfg = cfg.updated(train=dict(epochs=epochs))
     if device_model is not None or device_set:
         cfg = cfg.updated(device=dict(preset=device_model or cfg.device.preset, in_the_loop=True,
                                       settings={**cfg.device.settings, **_device_settings(device_set)}))
+    if tensorboard is not None:
+        cfg = cfg.updated(log=dict(tensorboard=True, tensorboard_dir=str(tensorboard)))
+    if cfg.log.tensorboard:
+        summary_writer_class()  # tensorboard is installed
     dist = init_from_env(device)
     device = dist.device(device)
     out = out or Path("runs") / cfg.name
@@ -373,8 +431,15 @@ def train(
         except TrainingError as e:
             _fail(str(e))
         done = finish_run(trainer, out)
-    say(f"test error {100 * done['test_error']:.2f} % on {done['n']} images; wrote {ckpt}, metrics.csv/json, "
-        f"{', '.join(Path(p).name for p in done['wrote'])} in {out}")
+    if as_json:
+        log = trainer.cfg.log
+        say(json.dumps(dict(config=cfg.name, out=str(out), checkpoint=str(ckpt), epoch=trainer.epoch,
+                            test_error=done["test_error"], n=done["n"], history=[m.__dict__ for m in trainer.history],
+                            wrote=done["wrote"], tensorboard=(log.tensorboard_dir or str(out / "tensorboard"))
+                            if log.tensorboard else None)))
+    else:
+        say(f"test error {100 * done['test_error']:.2f} % on {done['n']} images; wrote {ckpt}, metrics.csv/json, "
+            f"{', '.join(Path(p).name for p in done['wrote'])} in {out}")
 
 
 @app.command(rich_help_panel=TRAINING)
@@ -383,7 +448,8 @@ def evaluate(
     checkpoint: Path = typer.Option(..., help="Checkpoint file or run directory."),
     dataset: Optional[str] = typer.Option(None, help="mnist, fashion or digits (default: the training set's)."),
     spice: int = typer.Option(0, help="Also run this many test images through ngspice and compare."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    torch_device: Optional[str] = _torch_device_option(),
+    device: Optional[str] = _device_alias_option(),
     device_model: Optional[str] = typer.Option(None, help="Deploy the trained conductances on this device "
                                                "preset (ideal, reram, pcm) and report mean and spread."),
     device_set: list[str] = typer.Option([], help="Device model field override KEY=VALUE (repeatable)."),
@@ -397,6 +463,7 @@ def evaluate(
     noisy); a circuit trained in the loop is evaluated on its own devices."""
     from .studies.evaluate import evaluate_checkpoint
 
+    device = _torch_device(torch_device, device)
     extra = _device_settings(device_set)
     result = evaluate_checkpoint(checkpoint, dataset=dataset, spice=spice, device=device, deploy_preset=device_model,
                                  deploy_settings=extra, realisations=realisations)
@@ -434,11 +501,13 @@ def sweep(
     train_subset: Optional[int] = typer.Option(None, help="Train in the loop on the first N training images."),
     test_subset: Optional[int] = typer.Option(None, help="Evaluate on the first N test images."),
     out: Path = typer.Option(Path("runs/sweep"), help="Directory for sweep.csv/json/md/png."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    torch_device: Optional[str] = _torch_device_option(),
+    device: Optional[str] = _device_alias_option(),
 ):
     """Robustness study: test error vs each non-ideality's level, deploy-only and in the loop."""
     from .studies.sweep import parse_vary, run_sweep, write_sweep
 
+    device = _torch_device(torch_device, device)
     if realisations < 1 or (loop_realisations is not None and loop_realisations < 1):
         _fail("--realisations and --loop-realisations must be >= 1")
     levels = parse_vary(vary)
@@ -500,13 +569,15 @@ def power(
     energy_set: list[str] = typer.Option([], "--set", help="Energy model override KEY=VALUE (repeatable), e.g. "
                                          "node_capacitance=1e-13; fields in analog_ep.studies.power.EnergyModel."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG of the energy breakdown per inference."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    torch_device: Optional[str] = _torch_device_option(),
+    device: Optional[str] = _device_alias_option(),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ):
     """Energy, power and latency per inference and per EP training step of a trained circuit,
     broken down by element group, against the same network on digital hardware."""
     from .studies.power import EnergyModel, checkpoint_energy
 
+    device = _torch_device(torch_device, device)
     energy = EnergyModel().updated(_device_settings(energy_set, "--set"))
     result = checkpoint_energy(checkpoint, n=n, energy=energy, spice=spice, device=device)
     if plot is not None:

@@ -1,6 +1,10 @@
-"""Command-line conventions: --version, '-o -' for standard output, commands grouped by use."""
+"""Command-line conventions: --version, '-o -' for standard output, commands grouped by use,
+--json on the last line, --torch-device (and its deprecated alias --device)."""
+import json
 import tomllib
 
+import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -8,7 +12,7 @@ import analog_ep
 from analog_ep.cli import app
 from analog_ep.spice import parse_deck
 
-from .conftest import ROOT
+from .conftest import ROOT, tiny_toml
 
 runner = CliRunner()
 
@@ -47,3 +51,60 @@ def test_help_groups_every_command_by_use():
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0
     assert all(panel in res.stdout for panel in set(PANELS.values()))
+
+
+def test_check_and_export_json(tmp_path):
+    deck = tmp_path / "d.cir"
+    res = runner.invoke(app, ["export", "--layers", "4,3,2", "--amplifier-gain", "2", "-o", str(deck), "--json"])
+    assert res.exit_code == 0, res.output
+    made = json.loads(res.stdout.strip().splitlines()[-1])
+    assert made["output"] == str(deck) and made["phase"] == "free" and made["free_nodes"] == 5
+    res = runner.invoke(app, ["check", str(deck), "--json"])
+    assert res.exit_code == 0, res.output
+    checked = json.loads(res.stdout.strip().splitlines()[-1])
+    assert checked["ok"] and checked["deck"] == str(deck)
+    circuit = parse_deck(deck.read_text())
+    assert checked["elements"] == circuit.element_counts() == made["elements"]
+    assert (checked["nodes"], checked["free_nodes"]) == (len(circuit.nodes), 5)
+    res = runner.invoke(app, ["export", "--layers", "3,2", "-o", "-", "--json"])  # the deck, then the JSON line
+    *deck_lines, last = res.stdout.strip().splitlines()
+    assert json.loads(last)["output"] == "-" and parse_deck("\n".join(deck_lines) + "\n").free_nodes()
+
+
+def test_train_json_and_torch_device(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(tiny_toml())
+    res = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--epochs", "1",
+                              "--torch-device", "cpu", "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["epoch"] == 1 and len(out["history"]) == 1 and 0 <= out["test_error"] <= 1 and out["n"] == 300
+    assert out["checkpoint"] == str(tmp_path / "run" / "checkpoint.pt") and out["tensorboard"] is None
+    assert "warning" not in res.stderr
+
+
+@pytest.mark.parametrize("command, args", [
+    ("train", ["--config", "none.toml"]), ("evaluate", ["--checkpoint", "none"]),
+    ("sweep", ["--checkpoint", "none", "--vary", "levels=2"]), ("power", ["--checkpoint", "none"]),
+])
+def test_device_is_a_deprecated_alias_of_torch_device(command, args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    group = typer.main.get_command(app)
+    assert {"--torch-device", "--device"} <= {o for p in group.commands[command].params for o in p.opts}
+    new = runner.invoke(app, [command, *args, "--torch-device", "cpu"])
+    assert new.exit_code == 2 and len(new.stderr.splitlines()) == 1  # on to the missing file
+    old = runner.invoke(app, [command, *args, "--device", "cpu"])
+    assert old.exit_code == 2 and old.stderr.splitlines() == [
+        "warning: --device is deprecated; use --torch-device", new.stderr.strip()]
+    bad = runner.invoke(app, [command, *args, "--device", "abacus"])
+    assert bad.exit_code == 2 and bad.stderr.splitlines()[1] == (
+        "error: --device: 'abacus' is not a torch device (cpu, cuda, cuda:N)")
+    both = runner.invoke(app, [command, *args, "--torch-device", "cpu", "--device", "cpu"])
+    assert both.exit_code == 2 and both.stderr.strip() == (
+        "error: give --torch-device only (--device is its deprecated alias)")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_cuda_is_one_line():
+    res = runner.invoke(app, ["evaluate", "--checkpoint", "none", "--torch-device", "cuda"])
+    assert res.exit_code == 2 and res.stderr.strip().startswith("error: --torch-device cuda: CUDA is not available")

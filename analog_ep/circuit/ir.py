@@ -450,11 +450,15 @@ class Circuit:
         meta = dict(self.meta, phase="nudged", beta=float(beta))
         return Circuit(tuple(nodes), tuple(roles), elements, self.title, meta)
 
-    def summary(self) -> str:
-        counts = {}
+    def element_counts(self) -> dict[str, int]:
+        """How many elements of each kind the circuit has, in the order they first appear."""
+        counts: dict[str, int] = {}
         for e in self.elements:
             counts[e.kind] = counts.get(e.kind, 0) + len(e)
-        parts = ", ".join(f"{v} {k.lower()}" for k, v in counts.items())
+        return counts
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{v} {k.lower()}" for k, v in self.element_counts().items())
         return f"{len(self.nodes)} nodes ({len(self.free_nodes())} free); {parts}"
 
 

@@ -106,6 +106,11 @@ class EPModel(ABC):
         """One line describing the model."""
         return type(self).__name__
 
+    def statistics(self) -> dict[str, float]:
+        """Scalars describing the model's present state by name, for training logs (e.g.
+        TensorBoard, once per epoch); names and units are the model's (default: none)."""
+        return {}
+
     # ------------------------------------------------------------------ shared helpers
     def as_input(self, x) -> torch.Tensor:
         """A batch of inputs (numpy or torch, any trailing shape, e.g. (B, 1, 28, 28) images) as

@@ -25,6 +25,7 @@ from torch import nn
 from ..circuit import Circuit, DiodeModel, layered, parse_layers
 from ..circuit.builder import input_pairs
 from ..devices import DeviceArray, DeviceModel
+from ..devices.array import OK
 from ..emulator import Compiled, compile_circuit, settle
 from .base import EPModel, EPStep
 from .estimators import Estimator, estimate
@@ -230,6 +231,23 @@ class AnalogCircuit(nn.Module, EPModel):
 
     def summary(self) -> str:
         return self.circuit.summary()
+
+    def statistics(self) -> dict[str, float]:
+        """The trainable conductances' state: fractions of them at the lower and upper bound
+        (``at_g_min``, ``at_g_max``: the devices' bounds when devices are attached, else
+        [g_min, g_max]; within 10⁻⁶ of the upper bound), and their mean (``g_mean_S``, S). With
+        devices also the fraction of faulty devices (stuck or open, ``devices_faulty``) and the
+        devices' clock (``devices_clock_s``, s)."""
+        g = torch.cat([p.detach().reshape(-1) for p in self.trainable().values()])
+        lo, hi = (self.g_min, self.g_max) if self.devices is None else (self.devices.g_min, self.devices.g_max)
+        tol = 1e-6 * hi
+        stats = dict(at_g_min=float((g <= lo + tol).double().mean()), at_g_max=float((g >= hi - tol).double().mean()),
+                     g_mean_S=float(g.double().mean()))
+        if self.devices is not None:
+            faults = [f.reshape(-1) for f in self.devices.faults.values()]
+            stats["devices_faulty"] = float((torch.cat(faults) != OK).double().mean()) if faults else 0.0
+            stats["devices_clock_s"] = float(self.devices.time)
+        return stats
 
     # ------------------------------------------------------------------ devices and export
     def attach_devices(self, model: DeviceModel, seed: int = 0) -> DeviceArray:

@@ -300,8 +300,17 @@ class DeviceConfig:
             k: typed(f"[device] {k}", v, hints[k], finite=False) if k in hints else v for k, v in self.settings.items()})
 
 
+@dataclass
+class LogConfig:
+    """The ``[log]`` table: what a run records besides its checkpoint and metrics files. It never
+    changes the training, so it may differ when a run is resumed."""
+    tensorboard: bool = False  # TensorBoard event files, one record per epoch (needs the [tensorboard] extra)
+    tensorboard_dir: str = ""  # where they go (default: <run directory>/tensorboard)
+
+
 # ---------------------------------------------------------------------------- the config
-SECTIONS = ("data", "circuit", "train", "device", "model")
+SECTIONS = ("data", "circuit", "train", "device", "model", "log")
+RECORDING = ("log",)  # sections that record a run without changing it: free to differ on --resume
 
 
 @dataclass
@@ -312,6 +321,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     model: ModelConfig = field(default_factory=CircuitModelConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     expected: str = ""  # the result and time the config is expected to give (documentation)
 
     @property
@@ -328,6 +338,7 @@ class Config:
                         if self.is_circuit or k not in CIRCUIT_ONLY}
         out["device"] = dataclasses.asdict(self.device)
         out["model"] = dict(kind=self.model.kind, **dataclasses.asdict(self.model))
+        out["log"] = dataclasses.asdict(self.log)
         return out
 
     @classmethod
@@ -353,7 +364,8 @@ class Config:
                   circuit=_build("circuit", CircuitConfig, tables["circuit"], kind) if kind == "circuit" else None,
                   train=_build("train", TrainConfig, tables["train"], kind),
                   device=DeviceConfig.from_table(tables["device"]),
-                  model=_build("model", MODEL_KINDS[kind], model, kind))
+                  model=_build("model", MODEL_KINDS[kind], model, kind),
+                  log=_build("log", LogConfig, tables["log"], kind))
         return cfg.validate()
 
     @classmethod
@@ -403,17 +415,20 @@ class Config:
     SCHEDULE = ("epochs", "lr_decay", "lr_decay_from")
 
     def resumable_with(self, other: "Config") -> "Config":
-        """This (checkpointed) config with ``other``'s schedule (epochs, learning-rate decay):
-        those may change when a run is extended; anything else would make the resumed run a
-        different experiment, so it is refused."""
-        flat = lambda cfg: {f"{sec}.{k}": v for sec in SECTIONS for k, v in cfg.to_dict().get(sec, {}).items()}
+        """This (checkpointed) config with ``other``'s schedule (epochs, learning-rate decay) and
+        ``other``'s :data:`RECORDING` tables (``[log]``): those may change when a run is
+        extended; anything else would make the resumed run a different experiment, so it is
+        refused."""
+        flat = lambda cfg: {f"{sec}.{k}": v for sec in SECTIONS if sec not in RECORDING
+                            for k, v in cfg.to_dict().get(sec, {}).items()}
         mine, theirs = flat(self), flat(other)
         diffs = [k for k in dict.fromkeys([*mine, *theirs]) if mine.get(k) != theirs.get(k)
                  and k not in {f"train.{s}" for s in self.SCHEDULE}]
         if diffs:
             raise ValueError(f"the config differs from the checkpoint's in {', '.join(diffs)}; "
-                             "only train.epochs/lr_decay/lr_decay_from may change on --resume")
-        return self.updated(train={k: getattr(other.train, k) for k in self.SCHEDULE})
+                             "only train.epochs/lr_decay/lr_decay_from (and the [log] table) may change on --resume")
+        return self.updated(train={k: getattr(other.train, k) for k in self.SCHEDULE},
+                            **{sec: dataclasses.asdict(getattr(other, sec)) for sec in RECORDING})
 
     def validate(self) -> "Config":
         """Check every setting's type and range, and the settings that depend on each other."""
@@ -421,7 +436,7 @@ class Config:
         kind = self.model.kind
         if (self.circuit is not None) != (kind == "circuit"):
             raise ValueError("the [circuit] table goes with model kind 'circuit', and only with it")
-        for section in ("data", "circuit", "train", "model"):
+        for section in ("data", "circuit", "train", "model", "log"):
             if getattr(self, section) is not None:
                 _check_table(section, getattr(self, section))
         self.device.model()

@@ -7,11 +7,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +19,8 @@ from ..models import EPModel, model_from_config
 from .config import Config
 from .distributed import Dist
 from .files import atomic_write, write_text
+from .logs import EpochLogger, Metrics, TensorBoardLogger
+from .progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -31,17 +31,6 @@ class TrainingError(RuntimeError):
 
 class CheckpointError(ValueError):
     """A file is not a checkpoint, or does not fit the model its config describes."""
-
-
-@dataclass
-class Metrics:
-    epoch: int
-    train_loss: float
-    train_error: float
-    val_error: float
-    seconds: float
-    mean_sweeps: float
-    measurement_time: float = 0.0  # s per EP step on the hardware's clock (devices' settles and reads)
 
 
 class Trainer:
@@ -181,42 +170,78 @@ class Trainer:
         self.model.optimizer_step(self.opt)
         return float(loss) / B, float(wrong) / B, res.iterations
 
-    def predict(self, x, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Outputs (n, n_out) and predicted classes of the free phase, in batches."""
+    def predict(self, x, batch: int | None = None, progress: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs (n, n_out) and predicted classes of the free phase, in batches; ``progress``:
+        the description of a progress bar over the examples (on a terminal, main rank only)."""
         batch = batch or self.cfg.train.eval_batch
-        V = torch.cat([self.model.predict(x[i:i + batch]).cpu() for i in range(0, len(x), batch)])
+        outputs = []
+        with progress_bar(None, progress, total=len(x), show=bool(progress) and self.dist.is_main) as bar:
+            for i in range(0, len(x), batch):
+                outputs.append(self.model.predict(x[i:i + batch]).cpu())
+                bar.update(len(outputs[-1]))
+        V = torch.cat(outputs)
         return V, V.argmax(1)
 
-    def error(self, x, y) -> float:
-        """Classification error on (x, y); a distributed run splits the images over the ranks."""
+    def error(self, x, y, progress: str = "") -> float:
+        """Classification error on (x, y); a distributed run splits the images over the ranks.
+        ``progress``: as in :meth:`predict`."""
         mine = self.dist.shard(len(y))
-        _, pred = self.predict(x[mine])
+        _, pred = self.predict(x[mine], progress=progress)
         wrong = (pred != torch.as_tensor(y[mine])).sum().to(self.dtype).to(self.device)
         return float(self.dist.sum([wrong])[0]) / len(y)
 
     # ------------------------------------------------------------------ loop
+    def config_loggers(self) -> list[EpochLogger]:
+        """The epoch loggers the ``[log]`` table asks for (on the main rank only): TensorBoard in
+        ``tensorboard_dir``, or the run directory's ``tensorboard/``; ValueError if it has
+        neither, MissingDependency if tensorboard is not installed."""
+        log = self.cfg.log
+        if not (log.tensorboard and self.dist.is_main):
+            return []
+        if not log.tensorboard_dir and self.out is None:
+            raise ValueError("[log] tensorboard: set [log] tensorboard_dir, or give the trainer a run directory")
+        return [TensorBoardLogger(log.tensorboard_dir or self.out / "tensorboard")]
+
+    def epoch_scalars(self) -> dict[str, float]:
+        """What loggers record besides :class:`Metrics`: β (the model's nudge), each parameter
+        group's learning rate, and the model's own :meth:`~analog_ep.models.EPModel.statistics`
+        (tags ``ep/beta``, ``lr/<key>``, ``model/<name>``)."""
+        return {"ep/beta": float(self.model.beta),
+                **{f"lr/{g['name']}": float(g["lr"]) for g in self.opt.param_groups},
+                **{f"model/{k}": float(v) for k, v in self.model.statistics().items()}}
+
     def fit(self, epochs: int | None = None, progress: bool = True, train: Iterable | None = None,
-            val: tuple | None = None) -> list[Metrics]:
+            val: tuple | None = None, loggers: Sequence[EpochLogger] | None = None) -> list[Metrics]:
         """Train to ``epochs`` (default: the config's). ``train``: any iterable of ``(x, y)`` or
         ``(x, y, idx)`` batches, re-iterated every epoch (default: seeded shuffles of the
         built-in dataset); ``val``: validation arrays ``(x, y)`` (default: the dataset's). The
-        progress bar shows only on a terminal; a log gets one line per epoch."""
-        from tqdm import tqdm
-
+        progress bar shows only on a terminal; a log gets one line per epoch. ``loggers``: each
+        gets every finished epoch and is closed when fit returns or stops (default: those of
+        the ``[log]`` table, :meth:`config_loggers`; ``()`` for none)."""
         total = self.cfg.train.epochs if epochs is None else epochs
         if train is None:
             train = ArrayLoader(self.data.x_train, self.data.y_train, self.cfg.data.batch_size, self.gen,
                                 limit=self.cfg.data.train_subset)
         if val is None:
             val = (self.data.x_val, self.data.y_val)
-        bar_on = progress and self.dist.is_main and sys.stderr.isatty()
+        loggers = self.config_loggers() if loggers is None else list(loggers)
+        try:
+            self._run(total, progress, train, val, loggers)
+        finally:
+            for logger in loggers:
+                logger.close()
+        return self.history
+
+    def _run(self, total: int, progress: bool, train: Iterable, val: tuple, loggers: list[EpochLogger]) -> None:
+        """The epochs of :meth:`fit`."""
+        show = progress and self.dist.is_main
         while self.epoch < total:
             t0 = time.perf_counter()
             for group in self.opt.param_groups:
                 group["lr"] = self.lr_of(group["name"], self.epoch)
             losses, errs, sweeps, times = [], [], [], []
-            bar = tqdm(batches(train), desc=f"epoch {self.epoch + 1}/{total}", leave=False, disable=not bar_on,
-                       total=len(train) if hasattr(train, "__len__") else None)
+            bar = progress_bar(batches(train), f"epoch {self.epoch + 1}/{total}", show=show,
+                               total=len(train) if hasattr(train, "__len__") else None)
             for x, y, idx in bar:
                 loss, err, it = self.step(x, y, idx)
                 if not math.isfinite(loss) or loss > 1e6:
@@ -227,6 +252,8 @@ class Trainer:
             m = Metrics(self.epoch, float(np.mean(losses)), float(np.mean(errs)), self.error(*val),
                         time.perf_counter() - t0, float(np.mean(sweeps)), float(np.mean(times)))
             self.history.append(m)
+            for logger in loggers:
+                logger.log_epoch(m, self.model.trainable(), self.epoch_scalars())
             if self.dist.is_main and (progress or self.out is not None):  # a run directory gets a log line per epoch
                 print(f"epoch {m.epoch}: train loss {m.train_loss:.4f}, train error {m.train_error:.4f}, "
                       f"val error {m.val_error:.4f}, {m.seconds:.1f} s", flush=True)
@@ -240,7 +267,6 @@ class Trainer:
                 raise self._stop(f"training collapsed to chance: validation error {errors} in epochs "
                                  f"{self.history[-collapsed].epoch}-{m.epoch} (chance {self.chance:.3f}, best "
                                  f"{min(h.val_error for h in self.history):.3f})")
-        return self.history
 
     @property
     def chance(self) -> float:

@@ -1,0 +1,15 @@
+"""Progress bars for long commands: tqdm on standard error when it is a terminal, silent
+otherwise (a log file or a pipe gets no bar; callers print one line per unit of work if any)."""
+from __future__ import annotations
+
+import sys
+from typing import Iterable
+
+
+def progress_bar(iterable: Iterable | None, desc: str, *, total: float | None = None, show: bool = True):
+    """A tqdm bar over ``iterable`` (or, with ``None``, one advanced by ``update(n)`` towards
+    ``total``) labelled ``desc``, drawn on standard error only if it is a terminal and ``show``;
+    otherwise a pass-through that draws nothing. The bar is cleared when it finishes."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, disable=not (show and sys.stderr.isatty()))
