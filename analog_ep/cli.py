@@ -466,7 +466,7 @@ def evaluate(
     device = _torch_device(torch_device, device)
     extra = _device_settings(device_set)
     result = evaluate_checkpoint(checkpoint, dataset=dataset, spice=spice, device=device, deploy_preset=device_model,
-                                 deploy_settings=extra, realisations=realisations)
+                                 deploy_settings=extra, realisations=realisations, progress=True)
     if power:
         from .studies.power import checkpoint_energy
 
@@ -506,15 +506,16 @@ def sweep(
 ):
     """Robustness study: test error vs each non-ideality's level, deploy-only and in the loop."""
     from .studies.sweep import parse_vary, run_sweep, write_sweep
+    from .train.progress import echo
 
     device = _torch_device(torch_device, device)
     if realisations < 1 or (loop_realisations is not None and loop_realisations < 1):
         _fail("--realisations and --loop-realisations must be >= 1")
     levels = parse_vary(vary)
-    show = lambda r: typer.echo(f"{r.field}={r.level:g} {r.mode}: {100 * r.error_mean:.2f} ± "
-                                f"{100 * r.error_std:.2f} %", err=True)
+    show = lambda r: echo(f"{r.field}={r.level:g} {r.mode}: {100 * r.error_mean:.2f} ± {100 * r.error_std:.2f} %")
     rows = run_sweep(checkpoint, levels, preset=preset, realisations=realisations, loop_epochs=loop_epochs,
-                     loop_realisations=loop_realisations, train_subset=train_subset, test_subset=test_subset, progress=show, device=device)
+                     loop_realisations=loop_realisations, train_subset=train_subset, test_subset=test_subset,
+                     on_row=show, progress=True, device=device)
     meta = dict(checkpoint=str(checkpoint), preset=preset, realisations=realisations, loop_epochs=loop_epochs,
                 loop_realisations=loop_realisations or realisations,
                 train_subset=train_subset, test_subset=test_subset, command=" ".join(sys.argv))
@@ -609,7 +610,8 @@ def gdu(
     from .studies.gdu import run
     from .studies.plots import gdu_plot, save
 
-    result, proc = run(model, seed=seed, batch=batch, init_scale=init_scale, T=free_steps, K=nudged_steps, beta=beta)
+    result, proc = run(model, seed=seed, batch=batch, init_scale=init_scale, T=free_steps, K=nudged_steps, beta=beta,
+                       progress=True)
     settings = {k: result[k] for k in ("T", "K", "beta")}
     if plot is not None:
         save(gdu_plot(proc), plot)

@@ -183,7 +183,7 @@ def test_evaluate_caps_spice_at_the_test_set_with_a_note(files, monkeypatch):
     from analog_ep.studies.verify import SpiceCheck
 
     checked = []
-    monkeypatch.setattr(evaluate, "spice_check", lambda circuit, x, labels: checked.append(len(x)) or
+    monkeypatch.setattr(evaluate, "spice_check", lambda circuit, x, labels, **kw: checked.append(len(x)) or
                         SpiceCheck(len(x), len(x), 0.0, 0.0, 0))
     res = runner.invoke(app, ["evaluate", "--checkpoint", str(files / "run"), "--spice", "100000"])
     assert res.exit_code == 0, res.output

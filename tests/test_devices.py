@@ -228,9 +228,12 @@ def test_deploying_on_ideal_devices_is_the_ideal_emulator():
     tr.fit(epochs=1, progress=False)
     x, y = DIGITS.x_test, DIGITS.y_test
     assert deployed_errors(tr, IDEAL, x, y, realisations=2) == [tr.error(x, y)] * 2
-    noisy = deployed_errors(tr, DeviceModel.build("reram"), x, y, realisations=3)
+    # reram's on/off ratio of 10 puts g_min at the top of this net's initial range, which flattens it
+    # (0.89 error in every realisation): without that bound its realisations differ
+    reram = DeviceModel.build("reram", on_off=math.inf)
+    noisy = deployed_errors(tr, reram, x, y, realisations=3)
     assert len(set(noisy)) > 1  # realisations differ
-    assert deployed_errors(tr, DeviceModel.build("reram"), x, y, realisations=3) == noisy  # seeded
+    assert deployed_errors(tr, reram, x, y, realisations=3) == noisy  # seeded
 
 
 def test_device_config_errors():

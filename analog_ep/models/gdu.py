@@ -12,6 +12,7 @@ is the Euler step of the nudged continuous dynamics); both processes are average
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -25,10 +26,19 @@ class Processes:
     free_residual: float  # max |s_T − s_{T−1}|: how converged the free phase was
 
 
-def processes(model: DiscreteModel, x: torch.Tensor, y: torch.Tensor, T: int, K: int, beta: float) -> Processes:
+def processes(model: DiscreteModel, x: torch.Tensor, y: torch.Tensor, T: int, K: int, beta: float,
+              on_steps: Callable[[int], None] | None = None) -> Processes:
+    """Both processes of a GDU check: T free steps (the last K through BPTT) and K nudged steps
+    of strength ``beta``. ``on_steps`` is called with the number of model steps just done
+    (T + K in all; e.g. a progress bar's update)."""
     B = x.shape[0]
+    tick = on_steps or (lambda n: None)
+    s = model.zeros(B)
     with torch.no_grad():
-        s = model.relax(x, model.zeros(B), T - K)
+        chunk = max(1, (T - K) // 100)  # relax in chunks: the same steps, with progress between them
+        for done in range(0, T - K, chunk):
+            s = model.relax(x, s, min(chunk, T - K - done))
+            tick(min(chunk, T - K - done))
     # BPTT over the last K steps, with a separate copy of θ per step for per-step gradients
     s = [t.clone().requires_grad_(True) for t in s]
     states, thetas = [s], []
@@ -41,6 +51,7 @@ def processes(model: DiscreteModel, x: torch.Tensor, y: torch.Tensor, T: int, K:
             t.retain_grad()
         states.append(s)
         thetas.append(theta)
+        tick(1)
     model.params = saved
     loss = 0.5 * ((states[-1][0] - y) ** 2).sum()
     loss.backward()
@@ -55,6 +66,7 @@ def processes(model: DiscreteModel, x: torch.Tensor, y: torch.Tensor, T: int, K:
         nudged = [s_star]
         for _ in range(K):
             nudged.append(model.step(x, nudged[-1], beta, y))
+            tick(1)
     scale = beta * model.nudge_scale * B
     ep = {f"s{i}": torch.stack([(nudged[k + 1][i] - nudged[k][i]).sum(0) / scale for k in range(K)])
           for i in range(len(s_star))}

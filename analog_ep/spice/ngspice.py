@@ -18,10 +18,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -193,8 +193,15 @@ def operating_point(circuit: Circuit, vectors: Mapping[str, np.ndarray], log: st
                           deck_options(circuit, options))
 
 
-def run_op_many(circuits: Sequence[Circuit], *, jobs: int | None = None, **kwargs) -> list[OperatingPoint]:
-    """Operating points of several circuits in parallel ngspice processes (order kept)."""
+def run_op_many(circuits: Sequence[Circuit], *, jobs: int | None = None,
+                on_done: Callable[[OperatingPoint], None] | None = None, **kwargs) -> list[OperatingPoint]:
+    """Operating points of several circuits in parallel ngspice processes (order kept).
+    ``on_done`` is called in this thread with each operating point as it finishes (in the order
+    they finish), e.g. to advance a progress bar."""
     jobs = jobs or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda c: run_op(c, **kwargs), circuits))
+        futures = [pool.submit(run_op, c, **kwargs) for c in circuits]
+        if on_done is not None:
+            for done in as_completed(futures):
+                on_done(done.result())
+        return [f.result() for f in futures]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from ..circuit.ir import Circuit, Role
 from ..circuit.transforms import fold_sources
 from ..emulator import compile_circuit, settle
 from ..spice.netlist import deck_options
-from ..spice.ngspice import run_op_many
+from ..spice.ngspice import OperatingPoint, run_op_many
 from ..spice.units import parse_value
 
 
@@ -58,10 +59,11 @@ def input_sources(circuit: Circuit) -> list[str]:
 
 def compare(circuit: Circuit, inputs: np.ndarray | None = None, *, method: str = "auto",
             dtype: torch.dtype = torch.float64, jobs: int | None = None, timeout: float = 900.0,
-            norton: bool = False) -> Comparison:
+            norton: bool = False, on_done: Callable[[OperatingPoint], None] | None = None) -> Comparison:
     """Operating points of ``circuit`` in ngspice and in the emulator (SPICE's gmin modelled).
     ``inputs`` (B, n_inputs) sets the input sources, one circuit per row. ``norton`` gives
-    ngspice Norton-folded decks (same node voltages, far faster for wide input layers)."""
+    ngspice Norton-folded decks (same node voltages, far faster for wide input layers).
+    ``on_done``: called with each ngspice operating point as it finishes (a progress bar)."""
     names = input_sources(circuit)
     if inputs is None:
         circuits = [circuit]
@@ -70,7 +72,8 @@ def compare(circuit: Circuit, inputs: np.ndarray | None = None, *, method: str =
         if inputs.shape[1] != len(names):
             raise ValueError(f"batch inputs have {inputs.shape[1]} columns; the deck has {len(names)} input sources")
         circuits = [circuit.with_sources(dict(zip(names, row))) for row in inputs]
-    ops = run_op_many([fold_sources(c) for c in circuits] if norton else circuits, jobs=jobs, timeout=timeout)
+    ops = run_op_many([fold_sources(c) for c in circuits] if norton else circuits, jobs=jobs, timeout=timeout,
+                      on_done=on_done)
     spice = np.stack([op.vector(circuit) for op in ops])
     options = deck_options(circuit)
     cc = compile_circuit(circuit, dtype=dtype, gmin=parse_value(options.get("gmin", "1e-12")))

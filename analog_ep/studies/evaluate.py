@@ -10,6 +10,7 @@ from ..data import load_dataset
 from ..models import AnalogCircuit
 from ..train import Trainer, load_checkpoint
 from ..train.config import DeviceConfig
+from ..train.progress import progress_bar
 from .sweep import deployed_errors
 from .verify import spice_check
 
@@ -25,14 +26,15 @@ def circuit_of(trainer: Trainer) -> AnalogCircuit:
 
 def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, spice: int = 0, device: str = "cpu",
                         deploy_preset: str | None = None, deploy_settings: dict | None = None,
-                        realisations: int = 5) -> dict:
+                        realisations: int = 5, progress: bool = False) -> dict:
     """Test error of a checkpoint, as a JSON-ready dict. ``deploy_preset``/``deploy_settings``:
     program the trained conductances into ``realisations`` realisations of that device model
     (the checkpoint's ``[device]`` preset, settings and seed, replaced by those given; mean and
     spread);
     a circuit trained in the loop with noisy reads is evaluated ``realisations`` times on its
     own devices. ``spice``: run the first N test digits through ngspice (Norton-folded decks;
-    all of them if N exceeds the test set, with a line in ``notes``)."""
+    all of them if N exceeds the test set, with a line in ``notes``). ``progress``: bars over
+    the test images and the ngspice runs, on a terminal."""
     if realisations < 1:
         raise ValueError(f"realisations: expected an integer >= 1, got {realisations}")
     if spice < 0:
@@ -48,12 +50,13 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, s
     if circuit is None and isinstance(model, AnalogCircuit):
         circuit = model
     notes = []
-    if deploy is not None:
-        errors = deployed_errors(trainer, deploy, d.x_test, d.y_test, realisations, seed=dev.seed)
-    elif circuit is not None and circuit.devices is not None and circuit.devices.noisy_reads:
-        errors = [trainer.error(d.x_test, d.y_test) for _ in range(realisations)]
-    else:
-        errors = [trainer.error(d.x_test, d.y_test)]
+    repeats = realisations if deploy is not None or (
+        circuit is not None and circuit.devices is not None and circuit.devices.noisy_reads) else 1
+    with progress_bar(None, f"{d.name} test images", total=repeats * len(d.y_test), show=progress) as bar:
+        if deploy is not None:
+            errors = deployed_errors(trainer, deploy, d.x_test, d.y_test, realisations, seed=dev.seed, on_batch=bar.update)
+        else:
+            errors = [trainer.error(d.x_test, d.y_test, on_batch=bar.update) for _ in range(repeats)]
     result = dict(checkpoint=str(checkpoint), dataset=d.name, test_error=float(np.mean(errors)), n=len(d.y_test),
                   epoch=trainer.epoch, notes=notes)
     if deploy is not None or (circuit is not None and circuit.devices is not None):
@@ -66,7 +69,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, s
         n = min(spice, len(d.y_test))
         if n < spice:
             notes.append(f"asked for {spice} SPICE checks; the {d.name} test set has {n} images: checking all {n}")
-        chk = spice_check(circuit.to_circuit(), circuit.volts(d.x_test[:n]).double().cpu().numpy(), d.y_test[:n])
+        with progress_bar(None, "ngspice", total=n, show=progress) as bar:
+            chk = spice_check(circuit.to_circuit(), circuit.volts(d.x_test[:n]).double().cpu().numpy(), d.y_test[:n],
+                              on_done=lambda op: bar.update(1))
         result.update(spice_n=chk.n, spice_agree=chk.agree, max_abs_dv=chk.max_abs_dv,
                       spice_seconds=chk.spice_seconds, spice_errors=chk.spice_errors)
     return result

@@ -7,6 +7,7 @@ import torch
 from ..data import load_dataset
 from ..models.discrete import ConvPrototypical, EnergyBased, Prototypical, layered_pairs, toy_model
 from ..models.gdu import processes, report
+from ..train.progress import progress_bar
 
 # seed 003 table 3: the GDU demonstrations (activation, T, K, β, ε)
 SETTINGS = {
@@ -46,9 +47,10 @@ def setup(name: str, seed: int = 0, batch: int = 20, dtype=torch.float64, init_s
 
 
 def run(name: str, *, seed: int = 0, batch: int = 20, init_scale: float = 1.0, T: int | None = None,
-        K: int | None = None, beta: float | None = None) -> tuple[dict, object]:
+        K: int | None = None, beta: float | None = None, progress: bool = False) -> tuple[dict, object]:
     """One GDU demonstration: (report with the settings used, the processes). T, K and β
-    default to table 3's; overriding them is the seed's way of searching hyper-parameters."""
+    default to table 3's; overriding them is the seed's way of searching hyper-parameters.
+    ``progress``: a bar over the model steps (T + K) on a terminal."""
     if init_scale <= 0:
         raise ValueError(f"init-scale must be > 0, not {init_scale}")
     if batch < 1:
@@ -59,5 +61,6 @@ def run(name: str, *, seed: int = 0, batch: int = 20, init_scale: float = 1.0, T
         raise ValueError(f"beta must be > 0, not {settings['beta']}")
     if settings["K"] >= settings["T"]:
         raise ValueError(f"K ({settings['K']}) must be smaller than T ({settings['T']})")
-    proc = processes(net, x, y, **settings)
+    with progress_bar(None, f"GDU {name}", total=settings["T"] + settings["K"], show=progress) as bar:
+        proc = processes(net, x, y, **settings, on_steps=bar.update)
     return dict(model=name, seed=seed, batch=batch, init_scale=init_scale, **settings, **report(proc)), proc

@@ -13,6 +13,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from ..devices import DeviceModel
 from ..models import AnalogCircuit
 from ..train import Trainer, load_checkpoint
 from ..train.files import atomic_write, write_text
+from ..train.progress import progress_bar
 from .plots import save, sweep_plot
 
 
@@ -33,10 +35,12 @@ class SweepRow:
     errors: list[float]
 
 
-def deployed_errors(trainer: Trainer, model: DeviceModel, x, y, realisations: int = 5, seed: int = 0) -> list[float]:
+def deployed_errors(trainer: Trainer, model: DeviceModel, x, y, realisations: int = 5, seed: int = 0,
+                    on_batch: Callable[[int], None] | None = None) -> list[float]:
     """Error on (x, y) of a trained circuit's conductances programmed into ``realisations``
-    fresh realisations of ``model`` (train ideal, deploy on devices); the circuit is left as it
-    was (its conductances and its own devices)."""
+    fresh realisations of ``model`` (seeds ``seed``, ``seed + 1``, ...; train ideal, deploy on
+    devices), each programmed from the trained values; the circuit is left as it was (its
+    conductances and its own devices). ``on_batch``: as in :meth:`Trainer.error`."""
     circuit = trainer.model
     if not isinstance(circuit, AnalogCircuit):
         raise ValueError("device models apply to circuits only (model.kind = 'circuit')")
@@ -45,8 +49,9 @@ def deployed_errors(trainer: Trainer, model: DeviceModel, x, y, realisations: in
     try:
         errors = []
         for r in range(realisations):
+            circuit.load_trainable(trained)  # programming writes the parameters: start each from the trained values
             circuit.attach_devices(model, seed + r)
-            errors.append(trainer.error(x, y))
+            errors.append(trainer.error(x, y, on_batch=on_batch))
         return errors
     finally:
         circuit.load_trainable(trained)
@@ -73,11 +78,14 @@ def _as_field(model: DeviceModel, field: str, level: float):
 
 
 def run_sweep(checkpoint: str | Path, vary: dict[str, list[float]], *, preset: str = "ideal", realisations: int = 5,
-              loop_epochs: int = 1, loop_realisations: int | None = None, train_subset: int | None = None, test_subset: int | None = None,
-              seed: int = 0, progress=None, device: str = "cpu") -> list[SweepRow]:
+              loop_epochs: int = 1, loop_realisations: int | None = None, train_subset: int | None = None,
+              test_subset: int | None = None, seed: int = 0, on_row: Callable[[SweepRow], None] | None = None,
+              progress: bool = False, device: str = "cpu") -> list[SweepRow]:
     """One row per (field, level, mode). ``preset`` is the base the varied field replaces;
     ``loop_epochs=0`` skips in-the-loop training, which uses ``loop_realisations`` devices
-    (default: ``realisations``)."""
+    (default: ``realisations``). ``on_row`` is called with each row as it is done;
+    ``progress``: a bar over the realisations (each evaluated, or fine-tuned and evaluated) on a
+    terminal."""
     base = DeviceModel.build(preset)
     models = {(f, lv): DeviceModel.build(preset, **{f: _as_field(base, f, lv)}) for f, levels in vary.items()
               for lv in levels}  # validate everything before spending time
@@ -86,25 +94,35 @@ def run_sweep(checkpoint: str | Path, vary: dict[str, list[float]], *, preset: s
     d = ref.data
     n = len(d.y_test) if test_subset is None else min(test_subset, len(d.y_test))
     x, y = d.x_test[:n], d.y_test[:n]
+    n_loop = (realisations if loop_realisations is None else loop_realisations) if loop_epochs > 0 else 0
     rows = []
-    for (field, level), model in models.items():
-        errors = deployed_errors(ref, model, x, y, realisations, seed=seed)
-        rows.append(SweepRow(field, level, "deploy-only", float(np.mean(errors)), float(np.std(errors)), errors))
-        if progress:
-            progress(rows[-1])
-        if loop_epochs <= 0:
-            continue
-        errors = []
-        for r in range(realisations if loop_realisations is None else loop_realisations):
-            tuned = load_checkpoint(checkpoint, device=device, data=d)
-            tuned.out = None
-            tuned.cfg.data.train_subset = train_subset
-            tuned.model.attach_devices(model, seed + r)
-            tuned.fit(epochs=tuned.epoch + loop_epochs, progress=False)
-            errors.append(tuned.error(x, y))
-        rows.append(SweepRow(field, level, "in-the-loop", float(np.mean(errors)), float(np.std(errors)), errors))
-        if progress:
-            progress(rows[-1])
+
+    def add(row: SweepRow) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
+    with progress_bar(None, "sweep", total=len(models) * (realisations + n_loop), show=progress) as bar:
+        for (field, level), model in models.items():
+            errors = []
+            for r in range(realisations):
+                bar.set_postfix_str(f"{field}={level:g} deploy-only {r + 1}/{realisations}")
+                errors += deployed_errors(ref, model, x, y, 1, seed=seed + r)
+                bar.update(1)
+            add(SweepRow(field, level, "deploy-only", float(np.mean(errors)), float(np.std(errors)), errors))
+            if n_loop == 0:
+                continue
+            errors = []
+            for r in range(n_loop):
+                bar.set_postfix_str(f"{field}={level:g} in-the-loop {r + 1}/{n_loop}")
+                tuned = load_checkpoint(checkpoint, device=device, data=d)
+                tuned.out = None
+                tuned.cfg.data.train_subset = train_subset
+                tuned.model.attach_devices(model, seed + r)
+                tuned.fit(epochs=tuned.epoch + loop_epochs, progress=False, loggers=())
+                errors.append(tuned.error(x, y))
+                bar.update(1)
+            add(SweepRow(field, level, "in-the-loop", float(np.mean(errors)), float(np.std(errors)), errors))
     return rows
 
 

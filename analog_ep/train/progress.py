@@ -13,3 +13,10 @@ def progress_bar(iterable: Iterable | None, desc: str, *, total: float | None = 
     from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False, disable=not (show and sys.stderr.isatty()))
+
+
+def echo(line: str) -> None:
+    """Print ``line`` on standard error without breaking a progress bar being drawn there."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)

@@ -9,7 +9,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -170,23 +170,24 @@ class Trainer:
         self.model.optimizer_step(self.opt)
         return float(loss) / B, float(wrong) / B, res.iterations
 
-    def predict(self, x, batch: int | None = None, progress: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        """Outputs (n, n_out) and predicted classes of the free phase, in batches; ``progress``:
-        the description of a progress bar over the examples (on a terminal, main rank only)."""
+    def predict(self, x, batch: int | None = None,
+                on_batch: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs (n, n_out) and predicted classes of the free phase, in batches; ``on_batch``
+        is called with the number of examples of each batch done (e.g. a progress bar's update)."""
         batch = batch or self.cfg.train.eval_batch
         outputs = []
-        with progress_bar(None, progress, total=len(x), show=bool(progress) and self.dist.is_main) as bar:
-            for i in range(0, len(x), batch):
-                outputs.append(self.model.predict(x[i:i + batch]).cpu())
-                bar.update(len(outputs[-1]))
+        for i in range(0, len(x), batch):
+            outputs.append(self.model.predict(x[i:i + batch]).cpu())
+            if on_batch is not None:
+                on_batch(len(outputs[-1]))
         V = torch.cat(outputs)
         return V, V.argmax(1)
 
-    def error(self, x, y, progress: str = "") -> float:
+    def error(self, x, y, on_batch: Callable[[int], None] | None = None) -> float:
         """Classification error on (x, y); a distributed run splits the images over the ranks.
-        ``progress``: as in :meth:`predict`."""
+        ``on_batch``: as in :meth:`predict` (this rank's examples)."""
         mine = self.dist.shard(len(y))
-        _, pred = self.predict(x[mine], progress=progress)
+        _, pred = self.predict(x[mine], on_batch=on_batch)
         wrong = (pred != torch.as_tensor(y[mine])).sum().to(self.dtype).to(self.device)
         return float(self.dist.sum([wrong])[0]) / len(y)
 
