@@ -7,7 +7,9 @@ differentiation, float64): cosine similarity and relative error ‖ĝ − g‖/�
 the reads it takes and of its measurement time per step (the devices' clock: settles, read
 windows, conversions). Noise models: the ``reram`` preset as cited (white + 1/f read noise as a
 process in time, plus its programming non-idealities), and the same with only its white part or
-only its 1/f part. Estimators: per-settle EP (one view and one absolute 8-bit read per settle,
+only its 1/f part; the samples of the batch are read one after another (``sequential_reads``:
+noise faster than a phase is independent per sample, slower noise one process shared by the
+batch). Estimators: per-settle EP (one view and one absolute 8-bit read per settle,
 the model of the earlier robustness sweep), CDS centred EP with 1 or 4 averaged reads, and the
 lock-in of an oscillating nudge over 4 periods (analog_ep.models.estimators), each with read
 windows of 1 µs (the preset's read pulse), 100 µs and 1 ms. "Default budget": 100 µs windows.
@@ -18,7 +20,8 @@ absolute ADC for the free voltages.
 
     .venv/bin/python benchmarks/noisy_gradient.py [--json] [--repeats 3]
 
-Writes benchmarks/results/noisy_gradient.json; with --json the last line is one JSON object with
+Writes benchmarks/results/noisy_gradient.json and noisy_gradient.png (1 − cosine against the
+measurement time per step: the gradient-quality Pareto front of each estimator); with --json the last line is one JSON object with
 ``best_cosine`` and ``best_estimator`` (reram preset, each estimator at its default budget).
 """
 from __future__ import annotations
@@ -41,10 +44,11 @@ from analog_ep.models.estimators import Estimator, estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 READOUT = dict(cds=True, diff_adc_bits=10, diff_adc_range=0.05)
+SEQUENTIAL = dict(sequential_reads=True)  # the 128 samples are read one after another on one array
 NOISE = {
-    "reram": {},
-    "white-only": dict(flicker_noise=0.0),
-    "flicker-only": dict(white_noise=0.0),
+    "reram": SEQUENTIAL,
+    "white-only": dict(SEQUENTIAL, flicker_noise=0.0),
+    "flicker-only": dict(SEQUENTIAL, white_noise=0.0),
 }
 WINDOWS = (1e-6, 1e-4, 1e-3)  # s per read: the preset's 1 µs read pulse, and longer integrations
 DEFAULT_WINDOW = 1e-4
@@ -52,6 +56,30 @@ DEFAULT_WINDOW = 1e-4
 ESTIMATORS = [("ep (per-settle)", Estimator("ep"), {})]
 ESTIMATORS += [(f"cds centred, {r} reads", Estimator("cds"), dict(READOUT, read_repeats=r)) for r in (1, 4)]
 ESTIMATORS += [("lock-in, 4 periods", Estimator("lockin", periods=4, points=4), READOUT)]
+
+
+def pareto_figure(rows: list[dict]):
+    """1 − cosine against measurement time per EP step (log-log), one panel per noise model and
+    one line per estimator (its points: the read windows)."""
+    from matplotlib.figure import Figure
+
+    noises = list(dict.fromkeys(r["noise"] for r in rows))
+    fig = Figure(figsize=(4.2 * len(noises), 3.6))
+    for i, noise in enumerate(noises):
+        ax = fig.add_subplot(1, len(noises), i + 1)
+        for label in dict.fromkeys(r["estimator"] for r in rows):
+            pts = sorted((r["measurement_time_s"], 1 - r["cosine"]) for r in rows if r["noise"] == noise
+                         and r["estimator"] == label)
+            ax.plot([1e6 * t for t, _ in pts], [e for _, e in pts], "o-", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("measurement time per EP step (µs)")
+        ax.set_ylabel("1 − cosine with the exact gradient")
+        ax.set_title(noise)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def flat(g: dict) -> torch.Tensor:
@@ -67,7 +95,12 @@ def main() -> None:
                     help="nudge conductance, S (10x the XS config's, chosen for signal-to-noise: its noiseless "
                          "centred estimate still has cosine 1.0000 with the exact gradient; 2e-3 drops to 0.76)")
     ap.add_argument("--devices", default="cpu", help="torch device: cpu or cuda")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the figure from the JSON of the last run")
     args = ap.parse_args()
+    out = ROOT / "benchmarks/results/noisy_gradient.json"
+    if args.plot_only:
+        pareto_figure(json.loads(out.read_text())["rows"]).savefig(out.with_suffix(".png"), dpi=120)
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     d = load_dataset("mnist")
     x, labels = d.x_train[:args.batch], torch.as_tensor(d.y_train[:args.batch])
@@ -101,8 +134,8 @@ def main() -> None:
     result = dict(circuit="XS 2x784-100-10 (examples/pretrained/mnist_xs)", batch=args.batch, beta=args.beta,
                   repeats=args.repeats, readout_assumption=READOUT, reference="equilibrium_gradient, float64",
                   rows=rows, best_cosine=best["cosine"], best_estimator=best["estimator"])
-    out = ROOT / "benchmarks/results/noisy_gradient.json"
     out.write_text(json.dumps(result, indent=1))
+    pareto_figure(rows).savefig(out.with_suffix(".png"), dpi=120)
     print(f"wrote {out}", file=sys.stderr)
     if args.json:
         print(json.dumps(dict(best_cosine=best["cosine"], best_estimator=best["estimator"],

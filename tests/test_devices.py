@@ -179,10 +179,11 @@ LEVELS = dict(on_off=20.0, levels=32, stochastic_rounding=True, write_noise=0.01
               soft_bounds=True, d2d=0.2, read_noise=0.02, drift_nu=0.05, stuck_min=0.05, stuck_max=0.05, open=0.05,
               diode_is_spread=0.3, diode_n_spread=0.05, amp_gain_error=0.05, amp_offset=0.01, johnson_capacitance=1e-16,
               adc_bits=6, settle_sweeps=1, read_noise_model="process", white_noise=0.02, flicker_noise=0.01,
-              flicker_exponent=0.5, rtn_fraction=0.5, read_repeats=2)
+              flicker_exponent=0.5, rtn_fraction=0.5, read_repeats=2, sequential_reads=True)
 PROCESS = dict(read_noise_model="process")
 PAIRED = dict(drift_nu=dict(drift_time=3600.0), stochastic_rounding=dict(levels=32),  # fields that act only together with another
               read_noise_model=dict(white_noise=0.02), white_noise=PROCESS, flicker_noise=PROCESS,
+              sequential_reads=dict(PROCESS, white_noise=0.02),
               flicker_exponent=dict(PROCESS, flicker_noise=0.01),
               rtn_fraction=dict(PROCESS, rtn_amplitude=0.1, rtn_tau_up=1e-6, rtn_tau_down=2e-6),
               read_repeats=dict(johnson_capacitance=1e-16))

@@ -141,7 +141,14 @@ class DeviceArray:
     @property
     def noisy_reads(self) -> bool:
         m = self.model
-        return bool(self.noise is not None or self.nu or (m.read_noise_model == "per_settle" and m.read_noise))
+        return bool(self.noise is not None or self.nu or self.per_sample_noise
+                    or (m.read_noise_model == "per_settle" and m.read_noise))
+
+    @property
+    def per_sample_noise(self) -> bool:
+        """Whether part of the read noise is drawn per sample (``sequential_reads``)."""
+        m = self.model
+        return m.read_noise_model == "process" and m.sequential_reads and any(m.fast_read_variance(m.read_window))
 
     def schedule(self, phases: Sequence[str]) -> StepTimeline:
         """Reserve the next EP step's time span on the array's clock: ``phases`` back to back
@@ -183,10 +190,11 @@ class DeviceArray:
         if not self.noisy_reads:
             return self.hardware
         m, p = self.model, dict(self.hardware.params)
-        xi = None
-        if self.noise is not None:
+        xi, windows = None, None
+        if self.noise is not None or self.per_sample_noise:
             windows = self.schedule(["read"]).phases[0].windows if window is None else (
                 [window] if isinstance(window[0], (int, float)) else list(window))
+        if self.noise is not None:
             xi = self.noise.mean_over(windows, self._flicker_gain())
         for k in self.keys:
             g = p[k]
@@ -197,7 +205,78 @@ class DeviceArray:
             elif m.read_noise and m.read_noise_model == "per_settle":
                 g = (g * (1 + m.read_noise * self.randn(g.shape))).clamp_min(0)
             p[k] = g
-        return dataclasses.replace(self.hardware, params=p, cache={})
+        if not self.per_sample_noise:
+            return dataclasses.replace(self.hardware, params=p, cache={})
+        # the fast part of a read integrating over the phase's windows (T in all)
+        white, unit = m.fast_read_variance(sum(t1 - t0 for t0, t1 in windows))
+        gain = self._flicker_gain() if unit else None
+        var = {k: white + (m.flicker_noise ** 2 * unit * (1.0 if gain is None else gain[k].to(p[k].dtype)))
+               for k in self.keys}
+        return self._with_noise_per_sample(p, var)
+
+    def _with_noise_per_sample(self, p: dict[str, torch.Tensor], var: dict[str, torch.Tensor | float]) -> Compiled:
+        """The circuit at conductances ``p`` with independent read noise of relative variance
+        ``var[k]`` (per device or one number) per sample (``sequential_reads``). A device g
+        between a free root i (gain γ_i) and a fixed node j (gain γ_j, value u_j) contributes
+        γ_i²·g to the diagonal D_i and γ_i γ_j g u_j to the injected current f_i, so its noise ξg
+        (variance σ²g²) moves (ΔD_i, Δf_i) by a jointly Gaussian pair whose variances and
+        covariance are Σ_j of σ²γ_i⁴g², σ²γ_i²γ_j²g²u_j² and σ²γ_i³γ_j g²u_j: drawn per (sample,
+        node) from that law — the same distribution as drawing every device's ξ, at O(B·n_free)
+        draws. Devices between two free roots get one draw per batch."""
+        cc, nf = self.hardware, self.hardware.n_free
+        gain = cc.node_gain(p)
+        dense, edges = [], []
+        for blk in cc.blocks:
+            if blk.name not in self.keys:
+                continue
+            g = p[blk.name]
+            v = torch.as_tensor(var[blk.name], dtype=g.dtype, device=g.device).expand_as(g)
+            g2 = g * g * v  # variance of each device's conductance noise, S²
+            ra, rb = cc.root[blk.a], cc.root[blk.b]
+            fa, fb = ra < nf, rb < nf
+            if blk.dense and bool(fa.all()) and not bool(fb.any()):
+                dense.append((ra, rb - nf, gain[blk.a], gain[blk.b], g2))
+            elif blk.dense and bool(fb.all()) and not bool(fa.any()):
+                dense.append((rb, ra - nf, gain[blk.b], gain[blk.a], g2.T))
+            elif blk.dense:
+                p[blk.name] = (g * (1 + v.sqrt() * self.randn(g.shape))).clamp_min(0)
+            else:
+                one = fa ^ fb
+                free, fixed = torch.where(fa, ra, rb), torch.where(fa, rb, ra)
+                gf, gx = torch.where(fa, gain[blk.a], gain[blk.b]), torch.where(fa, gain[blk.b], gain[blk.a])
+                edges.append((free[one], fixed[one] - nf, gf[one], gx[one], g2[one]))
+                both = fa & fb
+                if bool(both.any()):
+                    p[blk.name] = torch.where(both, (g * (1 + v.sqrt() * self.randn(g.shape))).clamp_min(0), g)
+        memo: dict = {}
+
+        def perturb(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if memo.get("u") is u and memo.get("version") == u._version:
+                return memo["out"]
+            B = u.shape[0]
+            ext = torch.cat([u, u.new_zeros(B, 1)], dim=1)
+            vD = torch.zeros(nf, dtype=cc.dtype, device=cc.device)
+            vf = torch.zeros(B, nf, dtype=cc.dtype, device=cc.device)
+            c = torch.zeros(B, nf, dtype=cc.dtype, device=cc.device)
+            for ri, cj, gi, gj, g2 in dense:
+                x = ext[:, cj] * gj  # (B, n) fixed-side voltages as the block sees them
+                vD.index_add_(0, ri, gi ** 4 * g2.sum(1))
+                vf.index_add_(1, ri, gi ** 2 * ((x * x) @ g2.T))
+                c.index_add_(1, ri, gi ** 3 * (x @ g2.T))
+            for ri, cj, gi, gj, g2 in edges:
+                x = ext[:, cj] * gj
+                vD.index_add_(0, ri, gi ** 4 * g2)
+                vf.index_add_(1, ri, gi ** 2 * g2 * x * x)
+                c.index_add_(1, ri, gi ** 3 * g2 * x)
+            sd = vD.sqrt().expand(B, -1)
+            z1, z2 = self.randn((B, nf)), self.randn((B, nf))
+            ratio = torch.where(sd > 0, c / sd.clamp_min(1e-300), 0.0)
+            dD = sd * z1
+            df = ratio * z1 + (vf - ratio * ratio).clamp_min(0).sqrt() * z2
+            memo.update(u=u, version=u._version, out=(dD, df))
+            return dD, df
+
+        return dataclasses.replace(cc, params=p, cache={}, perturb=perturb)
 
     def measure(self, s: torch.Tensor) -> torch.Tensor:
         """Node voltages as the learning rule's read-out sees them: Johnson noise sqrt(kT/C),

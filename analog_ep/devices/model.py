@@ -55,6 +55,9 @@ class DeviceModel:
     flicker_exponent: float = 0.0  # γ < 1: Q(g) = Q·(g/g_max)^-γ (state-dependent 1/f amplitude)
     flicker_f_min: float = 1e-3  # Hz, lowest frequency of the 1/f part
     flicker_f_max: float = 1e6  # Hz, highest frequency of the 1/f part
+    sequential_reads: bool = False  # process: the samples of a batch are read one after another, so the white
+    #   part is independent per sample (exact in distribution for devices joining a free node to a fixed one;
+    #   shared per batch for devices between two free nodes); the slow parts (1/f, telegraph) are shared
     rtn_fraction: float = 0.0  # process: fraction of devices with a random-telegraph trap
     rtn_amplitude: float = 0.0  # relative conductance step between the trap's two states
     rtn_tau_up: float = 0.0  # s, mean dwell time in the high-conductance state
@@ -117,10 +120,37 @@ class DeviceModel:
         is silent). Its 1/f amplitude is Q at g_max; DeviceArray applies (g/g_max)^-γ."""
         if self.read_noise_model != "process":
             return None
-        spec = NoiseSpec(white=self.white_noise, bandwidth=self.white_bandwidth, flicker=self.flicker_noise,
-                         f_min=self.flicker_f_min, f_max=self.flicker_f_max, rtn_fraction=self.rtn_fraction,
+        white, flicker, f_max = self.white_noise, self.flicker_noise, self.flicker_f_max
+        if self.sequential_reads:  # white and 1/f faster than a phase: drawn per sample by DeviceArray
+            white, f_max = 0.0, min(f_max, self.split_frequency)
+            flicker = flicker if self.flicker_f_min < f_max else 0.0
+        spec = NoiseSpec(white=white, bandwidth=self.white_bandwidth, flicker=flicker,
+                         f_min=self.flicker_f_min, f_max=f_max, rtn_fraction=self.rtn_fraction,
                          rtn_amplitude=self.rtn_amplitude, rtn_tau_up=self.rtn_tau_up, rtn_tau_down=self.rtn_tau_down)
         return spec if spec.active else None
+
+    @property
+    def phase_time(self) -> float:
+        """s of one phase of one sample: settling, then ``read_repeats`` windows and conversions."""
+        return self.settle_time + self.read_repeats * (self.read_window + self.adc_conversion_time)
+
+    @property
+    def split_frequency(self) -> float:
+        """Hz: with ``sequential_reads``, noise faster than 1/phase_time decorrelates within a
+        phase and is drawn per sample and per phase; slower noise is one process shared by the
+        batch (conservative for the components between 1/phase_time and 1/(batch duration),
+        which are in fact independent between samples but mostly cancelled by CDS)."""
+        return 1.0 / self.phase_time
+
+    def fast_read_variance(self, window: float) -> tuple[float, float]:
+        """Per-read relative variances of the part drawn per sample (``sequential_reads``) for a
+        read integrating ``window`` s: the white part σ_w²/(2 B_w T), and the 1/f part above
+        ``split_frequency`` per unit Q² (to be scaled by each device's Q(g)²)."""
+        white = self.white_noise ** 2 / (2 * self.white_bandwidth * window) if self.white_noise else 0.0
+        f_min = max(self.flicker_f_min, self.split_frequency)
+        unit = (NoiseSpec(flicker=1.0, f_min=f_min, f_max=self.flicker_f_max).read_covariance(window)
+                if self.flicker_noise and self.flicker_f_max > f_min else 0.0)
+        return white, unit
 
     def readout(self) -> Readout:
         """The read-out these fields describe."""

@@ -11,6 +11,7 @@ tensors) so that EP can differentiate the energy with respect to any of them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import networkx as nx
 import numpy as np
@@ -59,6 +60,12 @@ class Compiled:
     vt: float = THERMAL_VOLTAGE
     trainable: list[str] = field(default_factory=list)
     cache: dict = field(default_factory=dict, repr=False)  # solver operators, keyed by parameter versions
+    # per-sample perturbation of the conductances towards fixed nodes (e.g. read noise of samples
+    # read one after another): given the sources u (B, n_src) it returns (ΔD, Δf), each
+    # (B, n_free), added to the diagonal conductance (S) and to the current the sources push into
+    # each free root (A); the same u object must give the same draws (the solvers and the energy
+    # see one perturbed circuit per settle)
+    perturb: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
 
     @property
     def n_free(self) -> int:

@@ -27,7 +27,8 @@ def cost(cc: Compiled, V: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def energy(cc: Compiled, s: torch.Tensor, u: torch.Tensor, *, beta=0.0, target: torch.Tensor | None = None,
            params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Total co-content per sample (B,), in watts, at free voltages s (B, n_free) and sources
-    u (B, n_src); ``params`` overrides cc.params (e.g. tensors that require grad)."""
+    u (B, n_src); ``params`` overrides cc.params (e.g. tensors that require grad). With
+    ``cc.perturb``, up to a constant in s (what the solvers need)."""
     p = cc.params if params is None else {**cc.params, **params}
     gain = cc.node_gain(p)
     V = cc.voltages(s, u, gain, params=p)
@@ -48,5 +49,8 @@ def energy(cc: Compiled, s: torch.Tensor, u: torch.Tensor, *, beta=0.0, target: 
         IS, nvt = p[f"IS:{d.name}"], p[f"N:{d.name}"] * cc.vt
         xbv = breakdown_voltage(IS, nvt, p[f"BV:{d.name}"], p[f"IBV:{d.name}"], cc.vt)
         E = E + diode_cocontent(v, IS, nvt, xbv).sum(1)
+    if cc.perturb is not None:  # ½ ΔD s² − Δf s: the perturbed conductances towards fixed nodes
+        dD, df = cc.perturb(u)
+        E = E + 0.5 * (dD * s * s).sum(1) - (df * s).sum(1)
     return E + nudge_energy(cc, V, beta, target)
 

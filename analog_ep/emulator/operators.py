@@ -279,8 +279,8 @@ def assemble(cc: Compiled, u: torch.Tensor, beta: float | torch.Tensor = 0.0,
     """Quadratic part of the energy in the free voltages for one batch of sources u (B, n_src),
     V: D (diagonal, S), M (free-free couplings, S) and f_fixed (what the sources push in, A),
     plus the diodes. With a target (B, n_out), V, the EP nudge β·½‖V_out − y‖² (β in S, per
-    sample or scalar) adds β to D and β·y to f_fixed at the outputs. The parameter-only parts
-    come from the cache."""
+    sample or scalar) adds β to D and β·y to f_fixed at the outputs. ``cc.perturb``, if set,
+    adds per-sample changes to D and f_fixed. The parameter-only parts come from the cache."""
     st = static_operators(cc)
     nf, dev, dt = cc.n_free, cc.device, cc.dtype
     B = u.shape[0]
@@ -292,6 +292,9 @@ def assemble(cc: Compiled, u: torch.Tensor, beta: float | torch.Tensor = 0.0,
         f = ext_u @ st.K + st.f_const
         cc.cache["f_sources"] = (u, u._version, st, f)
     D, D_fix = st.D[None].expand(B, -1), st.D_fix[None]
+    if cc.perturb is not None:  # per-sample conductance changes towards fixed nodes (Compiled.perturb)
+        dD, df = cc.perturb(u)
+        D, D_fix, f = D + dD, D_fix + dD, f + df
     if target is not None and cc.outputs.numel():
         beta = torch.as_tensor(beta, dtype=dt, device=dev).reshape(-1, 1)
         r, go = cc.root[cc.outputs], st.gain[cc.outputs]
