@@ -179,7 +179,7 @@ def node_capacitance(cc: Compiled, energy: EnergyModel) -> torch.Tensor:
     cap = energy.node_capacitance + energy.wire_capacitance * energy.cell_pitch * counts[cc.free]
     if np.any(cap <= 0):
         raise ValueError("a free node has no capacitance (no device on it and node_capacitance = 0)")
-    return torch.as_tensor(cap, dtype=torch.float64)
+    return torch.as_tensor(cap, dtype=torch.float64, device=cc.device)
 
 
 def settle_times(result: SettleResult, capacitance: torch.Tensor, tol: float, *, beta: float | torch.Tensor = 0.0,
