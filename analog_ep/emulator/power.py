@@ -167,8 +167,10 @@ def element_powers(result: SettleResult, *, beta: float | torch.Tensor = 0.0,
     return Powers(absorbed, kind, source_current, target_current, amplifiers, residual)
 
 
-def _amplifier_chain(cc: Compiled, J: torch.Tensor) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                       torch.Tensor]]:
+ChainLevel = tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _amplifier_chain(cc: Compiled, J: torch.Tensor) -> list[ChainLevel]:
     """Move the current drawn at every amplifier output onto the amplifier, deepest outputs
     first (an amplifier whose input is another one's output adds its input current there):
     J (the current leaving each node, A) at each output becomes 0 and the input node takes
