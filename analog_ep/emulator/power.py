@@ -29,10 +29,12 @@ How each current is obtained:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from ..circuit.ir import Nudges, VoltageSources
+from .compiled import Compiled, DiodeGroup
 from .operators import breakdown_voltage, diode_iv
 from .settle import SettleResult
 
@@ -41,6 +43,7 @@ PASSIVE = ("conductance", "nudge", "gmin", "diode")
 an active element, absorbing −β·ΔV²)."""
 SOURCES = ("voltage_source", "current_source")
 AMPLIFIER_PORTS = ("amplifier_in", "amplifier_out")
+Adder = Callable[[str, str, torch.Tensor], None]  # (group key, kind, absorbed power (B,) in W)
 
 
 @dataclass
@@ -164,8 +167,10 @@ def element_powers(result: SettleResult, *, beta: float | torch.Tensor = 0.0,
     return Powers(absorbed, kind, source_current, target_current, amplifiers, residual)
 
 
-def _amplifier_chain(cc, J: torch.Tensor) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                       torch.Tensor]]:
+ChainLevel = tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _amplifier_chain(cc: Compiled, J: torch.Tensor) -> list[ChainLevel]:
     """Move the current drawn at every amplifier output onto the amplifier, deepest outputs
     first (an amplifier whose input is another one's output adds its input current there):
     J (the current leaving each node, A) at each output becomes 0 and the input node takes
@@ -181,7 +186,8 @@ def _amplifier_chain(cc, J: torch.Tensor) -> list[tuple[str, torch.Tensor, torch
     return levels
 
 
-def _amplifier_ports(cc, V: torch.Tensor, J: torch.Tensor, add) -> dict[str, AmplifierPorts]:
+def _amplifier_ports(cc: Compiled, V: torch.Tensor, J: torch.Tensor,
+                     add: Adder) -> dict[str, AmplifierPorts]:
     """Port powers of every amplifier group (``amp_in:``, ``amp_out:``) and its ports in the
     group's order; J as in :func:`_amplifier_chain`."""
     ports: dict[str, list[torch.Tensor]] = {}
@@ -196,7 +202,8 @@ def _amplifier_ports(cc, V: torch.Tensor, J: torch.Tensor, add) -> dict[str, Amp
     return {name: AmplifierPorts(*slots) for name, slots in ports.items()}
 
 
-def _add_clamp_currents(result: SettleResult, clamps: list, V: torch.Tensor, J: torch.Tensor, add) -> None:
+def _add_clamp_currents(result: SettleResult, clamps: list[DiodeGroup], V: torch.Tensor, J: torch.Tensor,
+                        add: Adder) -> None:
     """Currents of ideal clamps: an active clamp (within the solvers' tolerance of its bound,
     1e-12 of the largest node voltage) carries what the KCL of its free node needs; several
     active clamps on one free node share it equally (any split solves the ideal-diode circuit).

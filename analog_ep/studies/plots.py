@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from ..train.files import atomic_write
 
@@ -117,7 +118,7 @@ def energy_breakdown_plot(report: dict, ax: Axes | None = None) -> Figure:
     ax.set_title(f"{report['energy_per_inference_J']:.3g} J per inference, {report['power_W']:.3g} W, "
                  f"settle {report['settle_time_s']:.3g} s", fontsize=9)
     ax.tick_params(labelsize=8)
-    ax.grid(True, axis="x", which="both", alpha=0.3)
+    ax.grid(True, axis="x", alpha=0.3)
     return fig
 
 
@@ -139,6 +140,7 @@ def energy_vs_size_plot(rows: list[dict], ax: Axes | None = None) -> Figure:
                     fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("conductances in the circuit")
     ax.set_ylabel("energy (J)")
     ax.grid(True, which="both", alpha=0.3)

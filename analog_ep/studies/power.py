@@ -54,6 +54,8 @@ from ..spice import DEFAULT_OPTIONS
 from ..spice.netlist import element_names
 from ..spice.ngspice import run_op_many
 from ..spice.power import operating_point_powers
+from ..data import Dataset
+from ..models import AnalogCircuit
 from ..train import load_checkpoint
 from .evaluate import circuit_of
 
@@ -177,7 +179,7 @@ def node_capacitance(cc: Compiled, energy: EnergyModel) -> torch.Tensor:
     cap = energy.node_capacitance + energy.wire_capacitance * energy.cell_pitch * counts[cc.free]
     if np.any(cap <= 0):
         raise ValueError("a free node has no capacitance (no device on it and node_capacitance = 0)")
-    return torch.as_tensor(cap, dtype=torch.float64)
+    return torch.as_tensor(cap, dtype=torch.float64, device=cc.device)
 
 
 def settle_times(result: SettleResult, capacitance: torch.Tensor, tol: float, *, beta: float | torch.Tensor = 0.0,
@@ -369,25 +371,35 @@ def spice_powers(circuits: Sequence[Circuit], jobs: int | None = None) -> dict:
                 spice_options=ops[0].options if ops else dict(DEFAULT_OPTIONS))
 
 
-def checkpoint_energy(checkpoint: str | Path, *, n: int = 100, energy: EnergyModel = EnergyModel(), spice: int = 0,
-                      device: str = "cpu") -> dict:
-    """:func:`energy_report` of a trained circuit on the first ``n`` test images of its dataset
-    (training steps with their labels, the checkpoint's β, nudging mode and batch size), with
-    the digital comparison for a layered circuit; ``spice``: the first N of those digits also
-    through ngspice (:func:`spice_powers`; full decks, ~20 s each for 2×784-100-10)."""
+def circuit_energy(model: AnalogCircuit, data: Dataset, *, n: int = 100, energy: EnergyModel = EnergyModel(),
+                   batch_size: int = 1, spice: int = 0) -> dict:
+    """:func:`energy_report` of a circuit model on the first ``n`` test images of ``data``
+    (training steps with their labels and the model's β and nudging mode, writes shared by
+    ``batch_size`` samples), with the digital comparison for a layered circuit; ``spice``: the
+    first N of those digits also through ngspice (:func:`spice_powers`; full decks, ~20 s each
+    for 2×784-100-10)."""
     if n < 1 or spice < 0:
         raise ValueError("n: expected a number of test images >= 1, and spice >= 0")
-    trainer = load_checkpoint(checkpoint, device=device)
-    model = circuit_of(trainer)
-    d = trainer.data
-    x, labels = d.x_test[:n], d.y_test[:n]
-    cc = compile_circuit(model.to_circuit(), dtype=torch.float64, device=device)
+    x, labels = data.x_test[:n], data.y_test[:n]
+    cc = compile_circuit(model.to_circuit(), dtype=torch.float64, device=model.device)
     u = cc.inputs_to_sources(model.volts(x).double())
     meta = model.circuit.meta
     layers = parse_layers(meta["layers"]) if meta.get("kind") == "layered" else None
     report = energy_report(cc, u, energy, target=model.targets(labels).double(), beta=model.beta, mode=model.mode,
-                           batch_size=trainer.cfg.data.batch_size, layers=layers)
-    report.update(checkpoint=str(checkpoint), dataset=d.name, circuit=model.summary())
+                           batch_size=batch_size, layers=layers)
+    report.update(dataset=data.name, circuit=model.summary(),
+                  conductances=sum(int(cc.params[b.name].numel()) for b in cc.blocks))
     if spice:
         report["spice"] = spice_powers([model.with_inputs(np.asarray(row).reshape(-1).tolist()) for row in x[:spice]])
+    return report
+
+
+def checkpoint_energy(checkpoint: str | Path, *, n: int = 100, energy: EnergyModel = EnergyModel(), spice: int = 0,
+                      device: str = "cpu") -> dict:
+    """:func:`circuit_energy` of a trained circuit on its dataset's test images, writes shared by
+    its training batch size."""
+    trainer = load_checkpoint(checkpoint, device=device)
+    report = circuit_energy(circuit_of(trainer), trainer.data, n=n, energy=energy,
+                            batch_size=trainer.cfg.data.batch_size, spice=spice)
+    report["checkpoint"] = str(checkpoint)
     return report
