@@ -29,6 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from analog_ep.train import Config, Trainer
+from torch_devices import add_devices_option, parse_devices, sync
 
 CIRCUITS = {"xs": "784,100,10", "1h": "784,1024,10", "2h": "784,1024,1024,10", "xl": "784,30000,10"}
 
@@ -43,11 +44,6 @@ def inputs(n: int):
     except Exception:  # no cached MNIST (e.g. an offline GPU machine)
         g = torch.Generator().manual_seed(0)
         return torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g), "random"
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int = 4096) -> float:
@@ -131,15 +127,16 @@ def main() -> None:
     ap.add_argument("--circuits", default="xs,1h,2h")
     ap.add_argument("--batches", default="1,32,128")
     ap.add_argument("--dtypes", default="float32,float64")
-    ap.add_argument("--devices", default="cpu" + (",cuda" if torch.cuda.is_available() else ""))
+    add_devices_option(ap, loops=True)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="benchmarks/results/ep_step.json")
     args = ap.parse_args()
+    devices = parse_devices(ap, args.devices, loops=True)
     batches = [int(b) for b in args.batches.split(",")]
     data = inputs((args.repeats + 2) * max(batches))
     rows = []
     for name in args.circuits.split(","):
-        for device in args.devices.split(","):
+        for device in devices:
             for dtype in args.dtypes.split(","):
                 if dtype == "tf32" and not device.startswith("cuda"):
                     continue

@@ -18,7 +18,7 @@ Read-out of the CDS and lock-in estimators (our assumption, stated in the JSON):
 sampling, a differential ADC of 10 bits over ±50 mV for nudged − free, the preset's 8-bit
 absolute ADC for the free voltages.
 
-    .venv/bin/python benchmarks/noisy_gradient.py [--json] [--repeats 3]
+    .venv/bin/python benchmarks/noisy_gradient.py [--json] [--repeats 3] [--devices cpu]
 
 Writes benchmarks/results/noisy_gradient.json and noisy_gradient.png (1 − cosine against the
 measurement time per step: the gradient-quality Pareto front of each estimator); with --json the last line is one JSON object with
@@ -41,6 +41,7 @@ from analog_ep.data import load_dataset
 from analog_ep.devices import DeviceModel
 from analog_ep.emulator.ep import equilibrium_gradient
 from analog_ep.models.estimators import Estimator, estimate
+from torch_devices import add_devices_option, parse_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 READOUT = dict(cds=True, diff_adc_bits=10, diff_adc_range=0.05)
@@ -94,9 +95,10 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=2e-4,
                     help="nudge conductance, S (10x the XS config's, chosen for signal-to-noise: its noiseless "
                          "centred estimate still has cosine 1.0000 with the exact gradient; 2e-3 drops to 0.76)")
-    ap.add_argument("--devices", default="cpu", help="torch device: cpu or cuda")
+    add_devices_option(ap, loops=False)
     ap.add_argument("--plot-only", action="store_true", help="redraw the figure from the JSON of the last run")
     args = ap.parse_args()
+    device = parse_devices(ap, args.devices, loops=False)[0]
     out = ROOT / "benchmarks/results/noisy_gradient.json"
     if args.plot_only:
         pareto_figure(json.loads(out.read_text())["rows"]).savefig(out.with_suffix(".png"), dpi=120)
@@ -109,7 +111,7 @@ def main() -> None:
     for noise, overrides in NOISE.items():
         for (label, est, readout), window in ((e, w) for e in ESTIMATORS for w in WINDOWS):
             default = window == DEFAULT_WINDOW
-            m = AnalogCircuit.from_checkpoint(ckpt, device=args.devices).to(torch.float64)
+            m = AnalogCircuit.from_checkpoint(ckpt, device=device).to(torch.float64)
             m.estimator = est
             devices = m.attach_devices(DeviceModel.build("reram", **overrides, **readout, read_window=window), seed=0)
             u, y = m.sources(x), m.targets(labels)

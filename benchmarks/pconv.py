@@ -1,11 +1,11 @@
-"""P-conv (seed 003 appendix D, 28×28 → conv 32 → pool → conv 64 → pool → 10) on the CPU: the
-step with and without the memoised input term, and how the initial weight scale changes the
-start of training.
+"""P-conv (seed 003 appendix D, 28×28 → conv 32 → pool → conv 64 → pool → 10) on one torch device
+(CPU by default): the step with and without the memoised input term, and how the initial weight
+scale changes the start of training.
 
-    .venv/bin/python benchmarks/pconv.py [--out benchmarks/results/pconv.json] [--images 4000]
+    .venv/bin/python benchmarks/pconv.py [--out benchmarks/results/pconv.json] [--images 4000] [--devices cpu]
 
-* step: median ms per free-phase step (batch 20, float32, one thread), the memo switched off and
-  on in interleaved runs of 60 steps in one process, so the ratio is measured in one run.
+* step: median ms per free-phase step (batch 20, float32, one CPU thread), the memo switched off
+  and on in interleaved runs of 60 steps in one process, so the ratio is measured in one run.
 * init: two trainings from the same draw, Glorot bound × 1.0 and × 0.5, with
   examples/seed_pconv.toml's other settings, on the same --images MNIST training images; the
   validation error on the first 2,000 validation images at the end (needs the MNIST cache).
@@ -24,11 +24,12 @@ import torch
 from analog_ep.models.discrete import ConvPrototypical
 from analog_ep.train import Config
 from analog_ep.train import Trainer
+from torch_devices import add_devices_option, parse_devices, sync
 
 
-def step_times(repeats: int = 5, steps: int = 60) -> dict:
-    m = ConvPrototypical((1, 28, 28), [32, 64], [10], dtype=torch.float32)
-    x = torch.rand(20, 784, generator=torch.Generator().manual_seed(0))
+def step_times(device: str, repeats: int = 5, steps: int = 60) -> dict:
+    m = ConvPrototypical((1, 28, 28), [32, 64], [10], dtype=torch.float32, device=device)
+    x = torch.rand(20, 784, generator=torch.Generator().manual_seed(0)).to(device)
     s = m.relax(x, m.zeros(20), 5)
     couplings = m._couplings
     times = {"memo_off": [], "memo_on": []}
@@ -36,20 +37,22 @@ def step_times(repeats: int = 5, steps: int = 60) -> dict:
         for name in times:
             if name == "memo_off":
                 m._couplings = lambda x, s, p, memo=False: couplings(x, s, p, False)
+            sync(device)
             t = time.perf_counter()
             m.relax(x, s, steps)
+            sync(device)
             times[name].append((time.perf_counter() - t) / steps * 1e3)
             m._couplings = couplings
     med = {k: statistics.median(v) for k, v in times.items()}
-    return dict(ms_per_step=med, speedup=med["memo_off"] / med["memo_on"], batch=20, dtype="float32")
+    return dict(ms_per_step=med, speedup=med["memo_off"] / med["memo_on"], batch=20, dtype="float32", device=device)
 
 
-def init_scale_start(images: int) -> dict:
+def init_scale_start(images: int, device: str) -> dict:
     base = Config.load(Path(__file__).parents[1] / "examples" / "seed_pconv.toml")
     out = {}
     for scale in (1.0, 0.5):
         cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, init_scale=scale))
-        tr = Trainer(cfg)
+        tr = Trainer(cfg, device=device)
         d = tr.data
         idx = torch.randperm(len(d.y_train), generator=torch.Generator().manual_seed(0))[:images]
         for i in range(0, images, cfg.data.batch_size):
@@ -65,13 +68,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/pconv.json"))
     ap.add_argument("--images", type=int, default=4000)
     ap.add_argument("--skip-init", action="store_true", help="time the step only")
+    add_devices_option(ap, loops=False)
     args = ap.parse_args()
+    device = parse_devices(ap, args.devices, loops=False)[0]
     torch.set_num_threads(1)
-    result = dict(step=step_times())
+    result = dict(step=step_times(device))
     print(f"step: {result['step']['ms_per_step']['memo_off']:.2f} ms without the memo, "
           f"{result['step']['ms_per_step']['memo_on']:.2f} ms with it ({result['step']['speedup']:.2f}x)", flush=True)
     if not args.skip_init:
-        result["init"] = init_scale_start(args.images)
+        result["init"] = init_scale_start(args.images, device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

@@ -1,7 +1,7 @@
 """Energy, power and latency per inference and per EP training step against circuit size (the
 README's "Energy and latency" table and figure).
 
-    .venv/bin/python benchmarks/power.py [--n 100] [--n-2h 10] [--spice 0] \
+    .venv/bin/python benchmarks/power.py [--n 100] [--n-2h 10] [--spice 0] [--devices cpu] \
         [--out benchmarks/results/power.json] [--plot benchmarks/results/power.png]
 
 XS (2x784-100-10) and 1H (2x784-1024-10): the pretrained checkpoints in examples/pretrained/, on
@@ -25,18 +25,19 @@ from analog_ep.studies.plots import energy_breakdown_plot, energy_vs_size_plot, 
 from analog_ep.studies.power import checkpoint_energy, circuit_energy
 from analog_ep.train import Config, Trainer
 from analog_ep.train.files import write_text
+from torch_devices import add_devices_option, parse_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = {"XS": ROOT / "examples/pretrained/mnist_xs/checkpoint.pt",
                "1H": ROOT / "examples/pretrained/mnist_1h/checkpoint_fp16.pt"}
 
 
-def untrained_2h(n: int) -> dict:
+def untrained_2h(n: int, device: str) -> dict:
     """The energy report of a 2x784-1024-1024-10 circuit with mnist_1h.toml's components and
-    random conductances, on the first n MNIST test digits."""
+    random conductances, on the first n MNIST test digits (emulated on torch ``device``)."""
     cfg = Config.load(ROOT / "examples/mnist_1h.toml")
     cfg = cfg.updated(circuit=dict(layers="784,1024,1024,10"), train=dict(lr=[cfg.train.lr[0]]))
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, device=device)
     report = circuit_energy(trainer.model, trainer.data, n=n, batch_size=cfg.data.batch_size)
     report["checkpoint"] = "untrained: examples/mnist_1h.toml with layers 784,1024,1024,10 (random conductances)"
     return report
@@ -49,17 +50,19 @@ def main() -> None:
     ap.add_argument("--spice", type=int, default=0, help="XS digits also run through ngspice")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/power.json")
     ap.add_argument("--plot", type=Path, default=ROOT / "benchmarks/results/power.png")
+    add_devices_option(ap, loops=False)
     args = ap.parse_args()
+    device = parse_devices(ap, args.devices, loops=False)[0]
     rows = []
     for name, path in CHECKPOINTS.items():
         t0 = time.perf_counter()
-        report = checkpoint_energy(path, n=args.n, spice=args.spice if name == "XS" else 0)
+        report = checkpoint_energy(path, n=args.n, spice=args.spice if name == "XS" else 0, device=device)
         rows.append(dict(report, name=name, seconds=time.perf_counter() - t0))
         print(f"{name}: {report['energy_per_inference_J']:.3g} J per inference, {report['power_W']:.3g} W, settle "
               f"{report['settle_time_s']:.3g} s; {report['energy_per_training_step_J']:.3g} J per training step",
               flush=True)
     t0 = time.perf_counter()
-    rows.append(dict(untrained_2h(args.n_2h), name="2H (random g)", seconds=time.perf_counter() - t0))
+    rows.append(dict(untrained_2h(args.n_2h, device), name="2H (random g)", seconds=time.perf_counter() - t0))
     print(f"2H: {rows[-1]['energy_per_inference_J']:.3g} J per inference", flush=True)
     fig = Figure(figsize=(12, 4.8))
     energy_breakdown_plot(rows[0], ax=fig.add_subplot(1, 2, 1))

@@ -3,6 +3,7 @@ process per deck) against ``run_op_pyspice`` (ngspice's shared library in this p
 
     .venv/bin/python benchmarks/pyspice_backend.py [--decks 200] [--layers 4,3,2 16,8,4]
                                                    [--out benchmarks/results/pyspice_backend.json]
+                                                   [--devices cpu]
 
 For each layer spec, --decks circuits (Shockley clamps, gain-2 amplifiers, seeds 0, 1, ...) are
 run through both backends, alternating which goes first from deck to deck, in one process. Times
@@ -10,7 +11,8 @@ are wall-clock seconds of the whole call (deck text, ngspice, reading the result
 include the subprocess runner's process start and rawfile, and the shared runner's load and
 clean-up. Printed and written: median and total seconds per backend, the ratio of the medians,
 the worst |ΔV| between the backends over every node of every deck, and the process's resident
-memory before and after the shared-library runs.
+memory before and after the shared-library runs. Both backends are ngspice, which runs on the
+CPU only: ``--devices`` (the option every benchmark takes) accepts ``cpu`` alone.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from analog_ep.circuit import DiodeModel, layered
 from analog_ep.spice import DEFAULT_OPTIONS, run_op
 from analog_ep.spice.pyspice import run_op_pyspice
+from torch_devices import add_devices_option, parse_devices
 
 
 def rss_mib() -> float | None:
@@ -61,7 +64,10 @@ def main() -> None:
     ap.add_argument("--decks", type=int, default=200, help="circuits per layer spec")
     ap.add_argument("--layers", nargs="+", default=["4,3,2", "16,8,4"], help="layer specs")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/pyspice_backend.json"))
+    add_devices_option(ap, loops=False)
     args = ap.parse_args()
+    if parse_devices(ap, args.devices, loops=False) != ["cpu"]:
+        ap.error("--devices: ngspice runs on the CPU only; this benchmark has no torch work to put on a GPU")
     rows = []
     for layers in args.layers:
         r = bench(layers, args.decks)

@@ -1,7 +1,7 @@
 """Free-phase settle time of the layered 2x784-100-10 and 2x784-1024-10 circuits, next to
 ngspice's operating point of the 2x784-100-10 deck measured in the same run.
 
-    .venv/bin/python benchmarks/settle.py [--out benchmarks/results/settle_cpu.json] [--repeats 5]
+    .venv/bin/python benchmarks/settle.py [--out benchmarks/results/settle_cpu.json] [--repeats 5] [--devices cpu,cuda]
 
 Inputs are uniform random in [0, 1] (a stand-in for pixels); conductances are the builder's
 defaults (seed 0). The emulator is timed after a warm-up, median of --repeats runs, with its
@@ -23,6 +23,7 @@ from analog_ep.circuit import layered
 from analog_ep.circuit.transforms import fold_sources
 from analog_ep.emulator import compile_circuit, settle
 from analog_ep.spice.ngspice import run_op
+from torch_devices import add_devices_option, parse_devices, sync
 
 RTOL = {torch.float64: 1e-6, torch.float32: 1e-5}
 
@@ -32,17 +33,17 @@ def time_settle(cc, u, rtol, repeats):
     first builds them (what a one-off operating point of a new circuit costs)."""
     settle(cc, u, method="bcd", rtol=rtol)
     cc.cache.clear()
+    sync(cc.device)
     t0 = time.perf_counter()
     settle(cc, u, method="bcd", rtol=rtol)
+    sync(cc.device)
     cold = time.perf_counter() - t0
     times, res = [], None
     for _ in range(repeats):
-        if cc.device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(cc.device)
         t0 = time.perf_counter()
         res = settle(cc, u, method="bcd", rtol=rtol)
-        if cc.device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(cc.device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), cold, res
 
@@ -53,8 +54,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--spice-repeats", type=int, default=3, help="ngspice runs per deck (median reported)")
     ap.add_argument("--no-spice", action="store_true", help="skip ngspice (e.g. on a machine without it)")
+    add_devices_option(ap, loops=True)
     args = ap.parse_args()
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = parse_devices(ap, args.devices, loops=True)
     rows = []
     spice, spice_runs = {}, {}
     if not args.no_spice:

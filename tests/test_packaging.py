@@ -32,7 +32,8 @@ def _third_party(folder: Path) -> dict[str, str]:
                 continue
             for m in modules:
                 top = m.split(".")[0]
-                first_party = (ROOT / top).is_dir() or top == "__future__"  # analog_ep, tests, ...
+                # analog_ep, tests, ...; or a module beside the file (benchmarks/torch_devices.py)
+                first_party = (ROOT / top).is_dir() or (path.parent / f"{top}.py").exists() or top == "__future__"
                 if top not in sys.stdlib_module_names and not first_party:
                     found.setdefault(top, path.name)
     return found

@@ -1,0 +1,158 @@
+"""The benchmark scripts' shared conventions (--devices) and the DRN side-by-side harness, run
+against a stand-in for the reference checkout (the real one is never fetched)."""
+import runpy
+import sys
+
+import pytest
+import torch
+
+from .conftest import ROOT
+
+BENCHMARKS = ROOT / "benchmarks"
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "torch_devices.py")
+DRN = BENCHMARKS / "drn_side_by_side.py"
+
+# a stand-in for the reference repository: the classes and methods the harness calls, doing little
+FAKE_REFERENCE = {
+    "model/resistive/network.py": '''
+import torch
+
+
+class Param:
+    def __init__(self, n):
+        self.state = torch.full((n,), 0.5, requires_grad=True)
+        self.clamps = 0
+
+    def clamp_(self):
+        self.clamps += 1
+
+
+class Layer:
+    def __init__(self, shape):
+        self.state = torch.zeros(1, *shape)
+
+
+class DeepResistiveEnergy:
+    def __init__(self, layer_shapes, weight_gains, input_gain):
+        self.shapes, self.device = layer_shapes, None
+        self._layers = [Layer(s) for s in layer_shapes]
+        self._params = [Param(3), Param(2)]
+
+    def set_device(self, device):
+        self.device = device
+
+    def layers(self):
+        return self._layers
+
+    def params(self):
+        return self._params
+''',
+    "model/function/network.py": '''
+class Network:
+    def __init__(self, energy):
+        self.energy = energy
+
+    def free_layers(self):
+        return self.energy.layers()[1:]
+
+    def set_input(self, x, reset=False):
+        self.energy.layers()[0].state = x
+''',
+    "model/function/cost.py": '''
+class SquaredError:
+    def __init__(self, layer):
+        self.layer, self.labels = layer, None
+
+    def set_target(self, labels):
+        self.labels = labels
+
+    def params(self):
+        return []
+''',
+    "model/resistive/minimizer.py": '''
+class QuadraticMinimizer:
+    def __init__(self, fn, layers):
+        self.fn, self.layers, self.calls = fn, layers, 0
+
+    def compute_equilibrium(self):
+        self.calls += 1
+''',
+    "training/sgd.py": '''
+import torch
+
+
+class AugmentedFunction:
+    def __init__(self, energy, cost):
+        self.energy, self.cost = energy, cost
+
+
+class EquilibriumProp:
+    def __init__(self, params, layers, fn, cost, minimizer):
+        self.params, self.minimizer = params, minimizer
+
+    def compute_gradient(self):
+        return [torch.ones_like(p.state) for p in self.params]
+''',
+}
+
+
+@pytest.fixture
+def benchmarks_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    yield
+    for name in [m for m in sys.modules if m.split(".")[0] in ("model", "training")]:
+        del sys.modules[name]  # the stand-in reference's modules
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_every_benchmark_takes_devices(script, benchmarks_on_path, monkeypatch, capsys):
+    args = ["nowhere"] if script == DRN else []
+    monkeypatch.setattr(sys, "argv", [script.name, *args, "--devices", "abacus"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(script), run_name="__main__")
+    assert stop.value.code == 2
+    assert "--devices: 'abacus' is not a torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(sys, "argv", [script.name, *args, "--devices", "cuda"])
+        with pytest.raises(SystemExit):
+            runpy.run_path(str(script), run_name="__main__")
+        assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_drn_without_the_reference_says_what_it_needs(tmp_path, benchmarks_on_path, monkeypatch, capsys):
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(sys, "argv", [DRN.name, str(tmp_path / "nowhere"), "--out", str(out)])
+    runpy.run_path(str(DRN), run_name="__main__")  # returns: exit status 0
+    text = capsys.readouterr().out
+    assert "rain-neuromorphics/energy-based-learning" in text and "no such directory" in text
+    assert "model/resistive/network.py: DeepResistiveEnergy" in text and not out.exists()
+    partial = tmp_path / "partial"
+    (partial / "model" / "function").mkdir(parents=True)
+    (partial / "model" / "function" / "cost.py").write_text("class Other:\n    pass\n")
+    monkeypatch.setattr(sys, "argv", [DRN.name, str(partial), "--out", str(out)])
+    runpy.run_path(str(DRN), run_name="__main__")
+    text = capsys.readouterr().out
+    assert "model/function/cost.py: no class SquaredError" in text and "training/sgd.py: no such file" in text
+    assert not out.exists()
+
+
+def test_drn_harness_alternates_ours_with_the_reference(tmp_path, benchmarks_on_path):
+    for name, text in FAKE_REFERENCE.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    drn = runpy.run_path(str(DRN), run_name="drn")
+    assert drn["missing"](tmp_path) == []
+    reference = drn["Reference"](drn["load_reference"](tmp_path), "cpu")
+    trainer = drn["ours"]("cpu", 4)
+    assert trainer.cfg.circuit.layers == "784,1024,10" and trainer.model.mode == "centered"
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(4, 784, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(3)]
+    before = {k: p.detach().clone() for k, p in trainer.params.items()}
+    times = drn["alternate"]({"ours": trainer.step, "theirs": reference.step}, batches, repeats=2, device="cpu",
+                             warmup=1)
+    assert {k: len(v) for k, v in times.items()} == {"ours": 2, "theirs": 2}
+    assert reference.inference.calls == 3 and [p.clamps for p in reference.params] == [3, 3]
+    assert torch.allclose(reference.params[0].state, torch.full((3,), 0.5 - 3 * 0.006))  # SGD at 0.006, 3 steps
+    assert reference.network.energy.layers()[0].state.shape == (4, 1, 28, 28)
+    assert torch.equal(reference.cost.labels, batches[2][1])  # the last round's batch
+    assert any(not torch.equal(p, before[k]) for k, p in trainer.params.items())
