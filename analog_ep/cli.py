@@ -9,10 +9,13 @@ import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import typer
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from .circuit import Circuit
 
 # click's UsageError (a missing option, a value of the wrong type), from the click that typer uses
 # (recent typers bundle their own copy): the base class of typer.BadParameter
@@ -96,12 +99,12 @@ def _positive_seconds(value: float, option: str) -> float:
     return value
 
 
-def _torch_device_option():
+def _torch_device_option() -> Any:
     """``--torch-device``: where the emulator's tensors live."""
     return typer.Option(None, "--torch-device", help="Torch device: cpu, cuda or cuda:N (default: cpu).")
 
 
-def _device_alias_option():
+def _device_alias_option() -> Any:
     """``--device``: the deprecated name of ``--torch-device``."""
     return typer.Option(None, "--device", help="Deprecated alias of --torch-device.")
 
@@ -126,7 +129,7 @@ def _torch_device(torch_device: Optional[str], alias: Optional[str]) -> str:
     return value
 
 
-def _circuit_record(circuit) -> dict:
+def _circuit_record(circuit: Circuit) -> dict:
     """What ``--json`` says about a circuit: node and element counts, and the summary line."""
     return dict(nodes=len(circuit.nodes), free_nodes=len(circuit.free_nodes()), elements=circuit.element_counts(),
                 summary=circuit.summary())

@@ -217,8 +217,8 @@ class Trainer:
         ``(x, y, idx)`` batches, re-iterated every epoch (default: seeded shuffles of the
         built-in dataset); ``val``: validation arrays ``(x, y)`` (default: the dataset's). The
         progress bar shows only on a terminal; a log gets one line per epoch. ``loggers``: each
-        gets every finished epoch and is closed when fit returns or stops (default: those of
-        the ``[log]`` table, :meth:`config_loggers`; ``()`` for none)."""
+        gets every finished epoch (on the main rank) and is closed when fit returns or stops
+        (default: those of the ``[log]`` table, :meth:`config_loggers`; ``()`` for none)."""
         total = self.cfg.train.epochs if epochs is None else epochs
         if train is None:
             train = ArrayLoader(self.data.x_train, self.data.y_train, self.cfg.data.batch_size, self.gen,
@@ -253,7 +253,7 @@ class Trainer:
             m = Metrics(self.epoch, float(np.mean(losses)), float(np.mean(errs)), self.error(*val),
                         time.perf_counter() - t0, float(np.mean(sweeps)), float(np.mean(times)))
             self.history.append(m)
-            for logger in loggers:
+            for logger in loggers if self.dist.is_main else ():
                 logger.log_epoch(m, self.model.trainable(), self.epoch_scalars())
             if self.dist.is_main and (progress or self.out is not None):  # a run directory gets a log line per epoch
                 print(f"epoch {m.epoch}: train loss {m.train_loss:.4f}, train error {m.train_error:.4f}, "
