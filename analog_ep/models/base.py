@@ -39,6 +39,7 @@ class EPModel(ABC):
     target: tuple[float, float]
     beta: float
     mode: str
+    continual: bool = False  # moves its weights during the nudged phase (C-EP): not data-parallel
 
     @abstractmethod
     def trainable(self) -> dict[str, torch.Tensor]:

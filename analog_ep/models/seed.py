@@ -76,7 +76,7 @@ class SeedModel(EPModel):
         s0 = self._free(x, idx=idx, generator=generator)
         out = self._output(s0)
         loss = (0.5 * ((out - y) ** 2).sum(1)).detach()
-        if getattr(self, "continual", False):
+        if self.continual:
             grads = self._continual(x, s0, y, beta, mode, sign, generator, optimizer)
         else:
             nudge = lambda b: self._nudged(x, s0, b.unsqueeze(1), y, generator)

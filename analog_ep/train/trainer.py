@@ -55,7 +55,7 @@ class Trainer:
         self._data = data
         torch.manual_seed(cfg.train.seed)
         self.model = model_from_config(cfg.to_dict(), device=self.device) if model is None else model
-        if getattr(self.model, "continual", False) and self.dist.active:  # per-step updates would need an all-reduce each
+        if self.model.continual and self.dist.active:  # per-step updates would need an all-reduce each
             raise ValueError("C-EP (model.continual) runs in one process only, not under torchrun")
         self.dtype = self.model.dtype
         self.params = self.model.trainable()
