@@ -28,7 +28,7 @@ from ..devices import DeviceArray, DeviceModel
 from ..devices.array import OK
 from ..emulator import Compiled, compile_circuit, settle
 from .base import EPModel, EPStep
-from .estimators import Estimator, estimate
+from .estimators import Estimator, estimate, output_voltages, per_settle_reads
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -167,20 +167,12 @@ class AnalogCircuit(nn.Module, EPModel):
         kw = dict(rtol=self.rtol, max_iters=self.max_iters)
         return kw if self.devices is None else {**kw, **self.devices.settle_kw()}
 
-    def _view(self) -> Compiled:
-        return self.cc if self.devices is None else self.devices.view()
-
-    def _measure(self, s: torch.Tensor) -> torch.Tensor:
-        return s if self.devices is None else self.devices.measure(s)
-
-    def _outputs(self, res) -> torch.Tensor:
-        """The output voltages of a settle as the read-out measures them."""
-        return res.cc.voltages(self._measure(res.s), res.u)[:, res.cc.outputs]
-
     def forward(self, x) -> torch.Tensor:
-        """Free-phase settle: output node voltages (B, n_out) in volts."""
+        """Free-phase settle: output node voltages (B, n_out) in volts, as the read-out measures them."""
+        view, measure = per_settle_reads(self.cc, self.devices)
         with torch.no_grad():
-            return self._outputs(settle(self._view(), self.sources(x), **self._settle_kw()))
+            res = settle(view(), self.sources(x), **self._settle_kw())
+            return output_voltages(res, measure(res.s))
 
     def predict(self, x) -> torch.Tensor:
         return self(x)

@@ -32,7 +32,7 @@ import torch
 from ..devices import DeviceArray
 from ..emulator import Compiled, SettleResult, settle
 from ..emulator.ep import ep_gradient, weighted_param_grads
-from ..emulator.nudging import check_nudging, nudge_strengths
+from ..emulator.nudging import check_nudging, ep_estimate
 
 KINDS = ("ep", "cds", "lockin")
 
@@ -70,6 +70,21 @@ class Estimate:
     measurement_time: float  # s of the step on the devices' clock (settles, reads, conversions, update)
 
 
+def per_settle_reads(cc: Compiled, devices: DeviceArray | None) -> tuple[Callable[[], Compiled], Callable]:
+    """(view, measure) of reads one settle at a time: the circuit a settle sees (a fresh device
+    view, or ``cc`` itself) and what the read-out makes of settled voltages (identity without
+    devices)."""
+    if devices is None:
+        return (lambda: cc), (lambda s: s)
+    return devices.view, devices.measure
+
+
+def output_voltages(res: SettleResult, s: torch.Tensor) -> torch.Tensor:
+    """Output node voltages (B, n_out), V, of the circuit ``res`` settled on, at free voltages s
+    (e.g. as read)."""
+    return res.cc.voltages(s, res.u)[:, res.cc.outputs]
+
+
 def estimate(cc: Compiled, devices: DeviceArray | None, u: torch.Tensor, target: torch.Tensor, beta: float, *,
              mode: str, estimator: Estimator, keys: list[str], settle_kw: dict, sign: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> Estimate:
@@ -79,13 +94,11 @@ def estimate(cc: Compiled, devices: DeviceArray | None, u: torch.Tensor, target:
 
     check_nudging(mode, beta)
     start = 0.0 if devices is None else devices.time
-    outputs_of = lambda s, res: res.cc.voltages(s, res.u)[:, res.cc.outputs]
     if estimator.kind == "ep":
-        view = (lambda: cc) if devices is None else devices.view
-        measure = (lambda s: s) if devices is None else devices.measure
+        view, measure = per_settle_reads(cc, devices)
         ep = ep_gradient(cc, u, target, beta, mode=mode, keys=keys, sign=sign, generator=generator, view=view,
                          measure=measure, **settle_kw)
-        out = outputs_of(measure(ep.free.s), ep.free)
+        out = output_voltages(ep.free, measure(ep.free.s))
         grads, free, loss = ep.grads, ep.free, ep.loss
     else:
         names = estimator.phases(mode)
@@ -98,25 +111,31 @@ def estimate(cc: Compiled, devices: DeviceArray | None, u: torch.Tensor, target:
             pair = devices.read_pair
         B = u.shape[0]
         free = settle(view("free"), u, **settle_kw)
+        phases, last, ref = iter(names[1:]), [free.s], []
+
+        def nudge(b: torch.Tensor) -> tuple[torch.Tensor, Compiled]:
+            """The next nudged phase, warm-started from the last, read as the free reference +
+            (nudged − free) through the read-out; one reference read of the free state serves
+            every difference."""
+            res = settle(view(next(phases)), u, beta=b, target=target, s0=last[0], **settle_kw)
+            a_meas, b_meas = pair(free.s, res.s)
+            if not ref:
+                ref.append(a_meas)
+            last[0] = res.s
+            return ref[0] + (b_meas - a_meas), res.cc
+
         if estimator.kind == "cds":
-            betas = nudge_strengths(mode, beta, B, sign=sign, generator=generator, dtype=cc.dtype, device=cc.device)
-            w = [1.0 / (2 * beta * B), -1.0 / (2 * beta * B)] if mode == "centered" else [1.0 / (betas[0] * B)]
+            free_read = lambda: (ref[0], free.cc)  # read during the first nudged phase's pair
+            difference = lambda a, b, w: weighted_param_grads(
+                cc, keys, [(w, *b), (-w, *(free_read() if a is free else a))], u)
+            grads, _ = ep_estimate(free, nudge, difference, mode=mode, beta=beta, batch=B, sign=sign,
+                                   generator=generator, dtype=cc.dtype, device=cc.device)
         else:
             phi = [2 * math.pi * j / estimator.points for _ in range(estimator.periods) for j in range(estimator.points)]
-            betas = [torch.full((B,), beta * math.cos(p), dtype=cc.dtype, device=cc.device) for p in phi]
+            reads = [nudge(torch.full((B,), beta * math.cos(p), dtype=cc.dtype, device=cc.device)) for p in phi]
             w = [2 * math.cos(p) / (estimator.periods * estimator.points * beta * B) for p in phi]
-        reads, ref, s = [], None, free.s
-        for name, b in zip(names[1:], betas):
-            res = settle(view(name), u, beta=b, target=target, s0=s, **settle_kw)
-            a_meas, b_meas = pair(free.s, res.s)
-            ref = a_meas if ref is None else ref  # one reference read of the free state for every difference
-            reads.append((ref + (b_meas - a_meas), res.cc))
-            s = res.s
-        terms = [(wk, sk, ck) for wk, (sk, ck) in zip(w, reads)]
-        if estimator.kind == "cds" and mode != "centered":
-            terms.append((-w[0], ref, free.cc))
-        grads = weighted_param_grads(cc, keys, terms, u)
-        out = outputs_of(ref, free)
+            grads = weighted_param_grads(cc, keys, [(wk, sk, ck) for wk, (sk, ck) in zip(w, reads)], u)
+        out = output_voltages(free, ref[0])
         loss = cost(cc, free.V, target)
     if devices is not None and estimator.update_time:
         devices.wait(estimator.update_time)
