@@ -399,6 +399,7 @@ def train(
     from .train.distributed import init_from_env
     from .train.files import run_lock
     from .train.logs import summary_writer_class
+    from .train.trainer import CHECKPOINT
 
     device = _torch_device(torch_device, device)
     cfg = Config.load(config)
@@ -414,7 +415,7 @@ def train(
     dist = init_from_env(device)
     device = dist.device(device)
     out = out or Path("runs") / cfg.name
-    ckpt = out / "checkpoint.pt"
+    ckpt = out / CHECKPOINT
     say = typer.echo if dist.is_main else (lambda *a, **k: None)
     # everything that can be refused is refused before the run directory is made
     if resume and not ckpt.exists():
