@@ -8,20 +8,11 @@ import numpy as np
 
 from ..data import load_dataset
 from ..models import AnalogCircuit
-from ..train import Trainer, load_checkpoint
+from ..train import load_checkpoint
 from ..train.config import DeviceConfig
 from ..train.progress import progress_bar
-from .sweep import deployed_errors
+from .sweep import circuit_of, deployed_errors
 from .verify import spice_check
-
-
-def circuit_of(trainer: Trainer) -> AnalogCircuit:
-    """The trained model as a circuit; ValueError for a seed model, which has no netlist, SPICE
-    check or device model."""
-    if not isinstance(trainer.model, AnalogCircuit):
-        raise ValueError(f"a {trainer.cfg.model.kind!r} model is not a circuit: it has no netlist, SPICE check "
-                         "or device model")
-    return trainer.model
 
 
 def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, spice: int = 0, device: str = "cpu",
@@ -46,9 +37,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, dataset: str | None = None, s
     if deploy_preset is not None or deploy_settings:
         preset, settings = deploy_preset or dev.preset, {**dev.settings, **(deploy_settings or {})}
         deploy = DeviceConfig(preset=preset, settings=settings).model()
-    circuit = circuit_of(trainer) if deploy is not None or spice else None
-    if circuit is None and isinstance(model, AnalogCircuit):
-        circuit = model
+    if deploy is not None or spice:
+        circuit_of(trainer)  # refuses a seed model: it has no netlist or device model
+    circuit = model if isinstance(model, AnalogCircuit) else None
     notes = []
     repeats = realisations if deploy is not None or (
         circuit is not None and circuit.devices is not None and circuit.devices.noisy_reads) else 1

@@ -35,15 +35,22 @@ class SweepRow:
     errors: list[float]
 
 
+def circuit_of(trainer: Trainer) -> AnalogCircuit:
+    """The trained model as a circuit; ValueError for a seed model, which has no netlist, SPICE
+    check or device model."""
+    if not isinstance(trainer.model, AnalogCircuit):
+        raise ValueError(f"a {trainer.cfg.model.kind!r} model is not a circuit: it has no netlist, SPICE check "
+                         "or device model")
+    return trainer.model
+
+
 def deployed_errors(trainer: Trainer, model: DeviceModel, x, y, realisations: int = 5, seed: int = 0,
                     on_batch: Callable[[int], None] | None = None) -> list[float]:
     """Error on (x, y) of a trained circuit's conductances programmed into ``realisations``
     fresh realisations of ``model`` (seeds ``seed``, ``seed + 1``, ...; train ideal, deploy on
     devices), each programmed from the trained values; the circuit is left as it was (its
     conductances and its own devices). ``on_batch``: as in :meth:`Trainer.error`."""
-    circuit = trainer.model
-    if not isinstance(circuit, AnalogCircuit):
-        raise ValueError("device models apply to circuits only (model.kind = 'circuit')")
+    circuit = circuit_of(trainer)
     trained = {k: p.detach().clone() for k, p in circuit.trainable().items()}
     own = circuit.devices
     try:
