@@ -27,9 +27,7 @@ measurement time per step: the gradient-quality Pareto front of each estimator);
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
 

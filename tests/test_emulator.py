@@ -1,5 +1,4 @@
 """The emulator's settle against ngspice, against its own energy, and its transient/noise modes."""
-import math
 
 import numpy as np
 import networkx as nx

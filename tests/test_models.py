@@ -8,7 +8,7 @@ import torch
 
 from analog_ep.models.discrete import ConvPrototypical, EnergyBased, Prototypical, VectorField, layered_pairs, toy_model
 from analog_ep.models.gdu import processes, rel_mse, report, sign_agreement
-from analog_ep.studies.gdu import SETTINGS, setup
+from analog_ep.studies.gdu import setup
 from analog_ep.models.hopfield import HopfieldNet, ParticleCache, rbp_check
 
 

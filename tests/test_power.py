@@ -3,14 +3,12 @@ against ngspice on the golden decks, a single RC node, V² scaling, and the ener
 import json
 import math
 
-import networkx as nx
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 from typer.testing import CliRunner
 
-from analog_ep.circuit import DiodeModel, from_graph, layered
+from analog_ep.circuit import DiodeModel, layered
 from analog_ep.circuit.ir import Amplifiers, Circuit, Conductances, Role, VoltageSources
 from analog_ep.cli import app
 from analog_ep.data import load_dataset

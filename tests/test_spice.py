@@ -1,7 +1,6 @@
 """The SPICE backend against ngspice itself (these tests need the ngspice binary)."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

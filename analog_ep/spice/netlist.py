@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-import numpy as np
 
 from ..circuit.ir import (
     GROUND_INDEX,

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 
 from ..circuit.builder import DiodeModel
 from ..circuit.ir import (
