@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from analog_ep.circuit import DiodeModel, from_graph, layered
-from analog_ep.circuit.constants import BOLTZMANN
+from analog_ep.circuit.constants import BOLTZMANN, THERMAL_VOLTAGE
 from analog_ep.circuit.ir import Circuit, Conductances, Diodes, Role, VoltageSources
 from analog_ep.emulator import ConvergenceError, compile_circuit, energy, settle
 from analog_ep.spice import read_deck, run_op
@@ -271,3 +271,39 @@ def test_newton_at_the_rounding_floor_stops_with_advice():
     with pytest.raises(ConvergenceError, match="loosen rtol or use float64") as err:
         settle(cc, method="newton", rtol=1e-12)
     assert err.value.result.iterations < 100
+
+
+@pytest.mark.parametrize("volts, ohms, sweeps", [(10.0, 1e3, 2), (100.0, 10.0, 2), (10.0, 1e6, 3)])
+def test_a_forward_biased_start_settles_in_few_sweeps(volts, ohms, sweeps):
+    """A source driving a diode through a resistor: the linear first guess (the source's
+    voltage) lies far into forward bias. The Newton restarts at the knee and climbs with SPICE's
+    logarithmic junction limit, so BCD settles in 2-3 sweeps (the former restart 10 n V_T past
+    the knee, with rises of 2 n V_T, needed 4 and 6 for the first and last case), to KCL within
+    the settle's tolerance (rtol 1e-10 of the 0.1-100 mA)."""
+    c = Circuit(("0", "vs", "a"), (Role.GROUND, Role.INPUT, Role.HIDDEN),
+                (VoltageSources("v", [1], [volts]), Conductances("r", [1], [2], [1 / ohms]),
+                 Diodes("d", [2], [0], 1e-14, 1.0, 0.0)))
+    res = settle(compile_circuit(c), method="bcd", max_iters=sweeps)
+    v = float(res.s[0, 0])
+    current = (volts - v) / ohms
+    assert res.converged and res.iterations <= sweeps
+    assert abs(current - 1e-14 * np.expm1(v / THERMAL_VOLTAGE)) <= 1e-9 * current
+
+
+def test_node_by_node_diode_layout_matches_the_indexed_newton():
+    """A layered net's clamp diodes each have one free terminal, so BCD works on them node by
+    node (Slots); the indexed Newton it replaces (forced by clearing the slots) reaches the
+    same state within the settle's tolerance (rtol 1e-10 of 16 V: 1e-8 V)."""
+    from analog_ep.emulator.operators import static_operators
+
+    c = layered("30,20,5", seed=3, g_init=(1e-7, 1e-5), amplifier_gain=4.0, diode=DiodeModel(1e-14, 1.0),
+                clamp=(0.6, 1.0))
+    x = 16.0 * torch.rand(6, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    slotted, indexed = compile_circuit(c), compile_circuit(c)
+    assert all(sl is not None for sl in static_operators(slotted).dio.slots)
+    cleared = static_operators(indexed).dio.slots
+    cleared[:] = [None] * len(cleared)
+    a = settle(slotted, slotted.inputs_to_sources(x))
+    b = settle(indexed, indexed.inputs_to_sources(x))
+    assert a.converged and b.converged
+    torch.testing.assert_close(a.s, b.s, rtol=0, atol=1e-8)

@@ -63,10 +63,86 @@ class DiodeSet:
     shock: Incidences
     clamps: Incidences
     by_colour: list[tuple[Incidences, Incidences]]  # (Shockley, ideal) incidences of each colour
+    slots: list["Slots | None"]  # per colour: its Shockley diodes laid out node by node, where possible
+    fixed_slots: list[torch.Tensor | None]  # per colour with slots: v_fixed gathered into them, (B, k, n_c), V
 
     def voltages(self, s: torch.Tensor) -> torch.Tensor:
         """Diode voltages (B, n_d), V, at free voltages s (B, n_free), V."""
         return self.v_fixed.index_add(1, self.inc.d, self.inc.kap * s[:, self.inc.root])
+
+    @property
+    def slotted(self) -> bool:
+        """Whether every colour's Shockley diodes are laid out in slots."""
+        return all(sl is not None or shock.d.numel() == 0 for sl, (shock, _) in zip(self.slots, self.by_colour))
+
+
+@dataclass
+class Slots:
+    """A colour's Shockley diodes laid out node by node, for colours whose every Shockley diode
+    has that node as its only free terminal (the other one fixed: e.g. a layer's clamps to
+    sources). Node j's diodes fill column j of (k, n_c) tables in incidence order, padded with
+    inert diodes (IS = 0, κ = 0). A diode's voltage is then w + κ·x_j with w fixed during a
+    settle, and the solvers work on k slices of (B, n_c) instead of gathering and scattering
+    by index; sums over a node's diodes keep the incidence order."""
+
+    d: torch.Tensor  # (k, n_c) diode index (0 where padded)
+    kap: torch.Tensor  # (k, n_c) κ (0 where padded)
+    inv_akap: torch.Tensor  # (k, n_c) 1/|κ| (0 where padded)
+    inv_kap: torch.Tensor  # (k, n_c) 1/κ (0 where padded)
+    open_up: torch.Tensor  # (k, n_c) 0 where κ > 0, +inf elsewhere: added to an upper bound
+    open_down: torch.Tensor  # (k, n_c) 0 where κ < 0, −inf elsewhere: added to a lower bound
+    IS: torch.Tensor  # (k, n_c) A (0 where padded)
+    nvt: torch.Tensor  # (k, n_c) V (1 where padded)
+    vcrit: torch.Tensor  # (k, n_c) V
+    xbv: torch.Tensor | None  # (k, n_c) V (inf where padded); None when no diode breaks down
+
+    def currents(self, w: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Diode voltages (V), currents (A) and conductances (S), each (B, k, n_c), at node
+        voltages x (B, n_c), V, with the fixed parts w (B, k, n_c), V."""
+        v = w + self.kap * x[:, None, :]
+        i, di = diode_iv(v, self.IS, self.nvt, self.xbv)
+        return v, i, di
+
+    def add(self, base: torch.Tensor, per_diode: torch.Tensor) -> torch.Tensor:
+        """base (B, n_c) plus each node's per-diode terms (B, k, n_c), in incidence order."""
+        for j in range(per_diode.shape[1]):
+            base = base + per_diode[:, j]
+        return base
+
+    def bounds(self, x: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+        """x (B, n_c) clipped to the tightest of its diodes' bounds: ``upper`` (B, k, n_c,
+        finite) where κ > 0 and ``lower`` where κ < 0."""
+        up, down = upper + self.open_up, lower + self.open_down
+        hi, lo = up[:, 0], down[:, 0]
+        for j in range(1, up.shape[1]):
+            hi, lo = torch.minimum(hi, up[:, j]), torch.maximum(lo, down[:, j])
+        return torch.minimum(torch.maximum(x, lo), hi)
+
+
+def _slots(shock: Incidences, n_c: int, single: torch.Tensor, IS: torch.Tensor, nvt: torch.Tensor,
+           vcrit: torch.Tensor, xbv: torch.Tensor | None) -> Slots | None:
+    """The node-by-node layout of a colour's Shockley incidences ``shock`` (with positions
+    ``loc``), or None where it does not apply: a diode with another free terminal (``single``
+    false), or padding more than doubling the work."""
+    m = shock.d.numel()
+    if m == 0 or not bool(single[shock.d].all()):
+        return None
+    count = torch.bincount(shock.loc, minlength=n_c)
+    k = int(count.max())
+    if n_c * k > 2 * m + n_c:
+        return None
+    order = torch.argsort(shock.loc, stable=True)  # incidence order within each node
+    loc = shock.loc[order]
+    start = torch.cumsum(count, 0) - count
+    row = torch.arange(m, device=loc.device) - start[loc]
+    table = lambda values, pad: torch.full((k, n_c), pad, dtype=values.dtype, device=values.device).index_put_(
+        (row, loc), values[order])
+    kap = table(shock.kap, 0.0)
+    inv = lambda t: torch.where(t != 0, 1.0 / torch.where(t != 0, t, 1.0), 0.0)
+    zero = torch.zeros_like(kap)
+    return Slots(table(shock.d, 0), kap, inv(kap.abs()), inv(kap), torch.where(kap > 0, zero, math.inf),
+                 torch.where(kap < 0, zero, -math.inf), table(IS[shock.d], 0.0), table(nvt[shock.d], 1.0),
+                 table(vcrit[shock.d], 0.0), None if xbv is None else table(xbv[shock.d], math.inf))
 
 
 @dataclass
@@ -308,7 +384,8 @@ def assemble(cc: Compiled, u: torch.Tensor, beta: float | torch.Tensor = 0.0,
     v_fixed = torch.zeros(B, st.dio.IS.numel(), dtype=dt, device=dev).index_add(1, d, k * ext_u[:, idx])
     if st.dio_offset is not None:
         v_fixed = v_fixed + st.dio_offset
-    return Operators(D, f, st.M, st.ff, D_fix, dataclasses.replace(st.dio, v_fixed=v_fixed))
+    fixed_slots = [None if sl is None else v_fixed[:, sl.d] for sl in st.dio.slots]
+    return Operators(D, f, st.M, st.ff, D_fix, dataclasses.replace(st.dio, v_fixed=v_fixed, fixed_slots=fixed_slots))
 
 
 def _diodes(cc: Compiled, gain: torch.Tensor, positions: list[torch.Tensor]):
@@ -338,7 +415,11 @@ def _diodes(cc: Compiled, gain: torch.Tensor, positions: list[torch.Tensor]):
                  for pos in positions]
     empty = torch.zeros(1, anode.numel(), dtype=dt, device=dev)
     vcrit = nvt * torch.log(nvt / (math.sqrt(2.0) * IS))
-    dio = DiodeSet(IS, nvt, xbv, vcrit, ideal, empty, inc, inc.subset(~is_ideal), inc.subset(is_ideal), by_colour)
+    single = torch.bincount(inc.d, minlength=anode.numel()) == 1  # diodes with one free terminal
+    slots = [_slots(shock, colour.numel(), single, IS, nvt, vcrit, xbv)
+             for (shock, _), colour in zip(by_colour, cc.colours)]
+    dio = DiodeSet(IS, nvt, xbv, vcrit, ideal, empty, inc, inc.subset(~is_ideal), inc.subset(is_ideal), by_colour,
+                   slots, [None] * len(slots))
     return dio, (cat(fix_d, torch.long), cat(fix_idx, torch.long), cat(fix_kap))
 
 
@@ -455,16 +536,20 @@ def residual(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor) -> 
     (V) with sources u (V); projected to zero where an active ideal clamp can supply it."""
     r = ops.D * s - inflow(ops, s)
     dio = ops.dio
-    if dio.inc.d.numel():
+    if dio.shock.d.numel() and dio.slotted:
+        for sl, w, cols in zip(dio.slots, dio.fixed_slots, cc.colours):
+            if sl is not None:
+                _, i, _ = sl.currents(w, s[:, cols])
+                r = r.index_copy(1, cols, sl.add(r[:, cols], sl.kap * i))
+    elif dio.shock.d.numel():
+        i, _ = diode_iv(dio.voltages(s), dio.IS, dio.nvt, dio.xbv)
+        r = r.index_add(1, dio.shock.root, dio.shock.kap * i[:, dio.shock.d])
+    if dio.clamps.d.numel():  # an active clamp (v ≈ 0) supplies whatever current pushes outward
         v = dio.voltages(s)
-        if dio.shock.d.numel():
-            i, _ = diode_iv(v, dio.IS, dio.nvt, dio.xbv)
-            r = r.index_add(1, dio.shock.root, dio.shock.kap * i[:, dio.shock.d])
-        if dio.clamps.d.numel():  # an active clamp (v ≈ 0) supplies whatever current pushes outward
-            scale = (cc.voltages(s, u).abs().amax(1, keepdim=True) + 1e-30) * 1e-12
-            at = (v[:, dio.clamps.d] >= -scale).to(r.dtype)  # clamp at its bound
-            push = torch.zeros_like(r).index_add(1, dio.clamps.root, at * torch.sign(dio.clamps.kap))
-            r = torch.where((push > 0) & (r < 0) | (push < 0) & (r > 0), torch.zeros_like(r), r)
+        scale = (cc.voltages(s, u).abs().amax(1, keepdim=True) + 1e-30) * 1e-12
+        at = (v[:, dio.clamps.d] >= -scale).to(r.dtype)  # clamp at its bound
+        push = torch.zeros_like(r).index_add(1, dio.clamps.root, at * torch.sign(dio.clamps.kap))
+        r = torch.where((push > 0) & (r < 0) | (push < 0) & (r > 0), torch.zeros_like(r), r)
     return r
 
 

@@ -9,7 +9,7 @@ budget, and returns an ``Outcome``. Each registers with its options and their de
   even/odd layers). Nodes of one colour do not interact, so each is set to its exact optimum
   given the others: the conductance-weighted mean of its neighbours and sources, then a
   safeguarded scalar Newton for Shockley diodes, then a clip for ideal clamps. Options:
-  ``inner`` (scalar Newton steps per node and sweep), ``check_every`` (sweeps between
+  ``inner`` (at most this many scalar Newton steps per node and sweep), ``check_every`` (sweeps between
   residual checks).
 * ``newton`` — damped Newton on the whole free vector, backtracking on the (convex) energy:
   the dense Hessian (n_free² per sample) up to ``dense_max`` free nodes (default 512, 2 MiB per
@@ -37,7 +37,7 @@ import torch
 from ..circuit.constants import BOLTZMANN
 from .compiled import Compiled
 from .energy import energy
-from .operators import Operators, diode_iv, hessian, hessian_entries, inflow, residual
+from .operators import Operators, Slots, diode_iv, hessian, hessian_entries, inflow, residual
 
 REQUIRED = object()  # the default of an option that has none: the caller must pass it
 
@@ -150,33 +150,82 @@ def _limit_step(step: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, rise: to
     return torch.minimum(torch.maximum(step, lo), hi)
 
 
-def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int) -> torch.Tensor:
+def _slot_newton(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor,
+                 inner: int, tol: torch.Tensor, restart: bool) -> torch.Tensor:
+    """Up to ``inner`` safeguarded Newton steps on each node's convex 1-D problem
+    min ½ D x² − f x + Σ co-content(w + κ x), from x (B, n_c), V; w (B, k, n_c) are the fixed
+    parts of its diodes' voltages (V), D (S) and f (A) its conductance and inflow, ``tol`` its
+    tolerance (A). With ``restart`` (a settle's first sweep: its start may be the linear first
+    guess, far into forward bias), a start beyond a diode's knee restarts at the knee; rises
+    are limited by :func:`_allowed_rise`; the steps end early once :func:`_newton_done`."""
+    if restart:
+        knee = -(w - sl.vcrit) * sl.inv_kap
+        x = sl.bounds(x, knee, knee)
+    for _ in range(inner):
+        vd, i, di = sl.currents(w, x)
+        grad = sl.add(Dc * x - f, sl.kap * i)
+        hess = sl.add(Dc.expand_as(x), sl.kap * sl.kap * di)
+        step = -grad / hess
+        rise = _allowed_rise(vd, sl.vcrit, sl.nvt, sl.kap * step[:, None, :]) * sl.inv_akap
+        step = sl.bounds(step, rise, -rise)
+        x = x + step
+        if _newton_done(step, hess, tol):
+            break
+    return x
+
+
+def _newton_done(step: torch.Tensor, hess: torch.Tensor, tol: torch.Tensor) -> bool:
+    """Whether a node-wise Newton step (V) moved every node's current, hess·|step| (S·V), by
+    less than a tenth of its tolerance (A): its remaining error is then of second order, and
+    further steps within this sweep change nothing the stopping rule can see."""
+    return bool((hess * step.abs() <= 0.1 * tol).all())
+
+
+def _allowed_rise(vd: torch.Tensor, vcrit: torch.Tensor, nvt: torch.Tensor, proposed: torch.Tensor) -> torch.Tensor:
+    """How far (V) a Newton step may raise each diode's voltage vd (V), given the ``proposed``
+    rise (V): freely up to the knee vcrit, then by max(2, ln(1 + excess/(n V_T)))·n V_T —
+    SPICE's junction limiting (pnjlim), which takes a far forward Newton target back to the
+    logarithm of the current it asks for. A fall is never limited."""
+    free = torch.clamp(vcrit - vd, min=0.0)
+    return free + nvt * torch.clamp(torch.log1p(torch.clamp(proposed - free, min=0.0) / nvt), min=2.0)
+
+
+def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: torch.Tensor,
+               restart: bool) -> torch.Tensor:
     """One sweep over the colours: each colour's nodes set to their exact optimum given the
-    others (weighted mean, then ``inner`` safeguarded Newton steps for Shockley diodes, then
-    the ideal clamps' clip)."""
+    others (weighted mean, then up to ``inner`` safeguarded Newton steps for Shockley diodes,
+    then the ideal clamps' clip); ``tol`` (B, n_free), A, is the settle's tolerance; with
+    ``restart`` (the first sweep), Newton starts no further into forward bias than the knee."""
     dio = ops.dio
     for c, colour in enumerate(cc.colours):
         f = inflow(ops, s, c, colour)
         Dc = ops.D[:, colour]
         x = f / Dc
         shock, clamps = dio.by_colour[c]
-        if shock.d.numel() or clamps.d.numel():
+        slots = dio.slots[c]
+        if (shock.d.numel() and slots is None) or clamps.d.numel():
             v = dio.voltages(s)
-        if shock.d.numel():  # warm-started, step-limited Newton on each node's convex 1-D problem
+        if slots is not None:  # the same Newton, on the node-by-node layout
+            x = _slot_newton(slots, dio.fixed_slots[c], s[:, colour], Dc, f, inner, tol[:, colour], restart)
+        elif shock.d.numel():  # warm-started, step-limited Newton on each node's convex 1-D problem
             w = v[:, shock.d] - shock.kap * s[:, shock.root]  # the part not set by this node
             IS, nvt, vcrit = dio.IS[shock.d], dio.nvt[shock.d], dio.vcrit[shock.d]
             xbv = None if dio.xbv is None else dio.xbv[shock.d]
-            # a start far into forward bias (e.g. the linear first guess) restarts at the knee
-            x = _clip_to_clamps(s[:, colour], shock.loc, shock.kap, w - vcrit - 10 * nvt)
+            x = s[:, colour]
+            if restart:  # the start may be far into forward bias (the linear first guess)
+                x = _clip_to_clamps(x, shock.loc, shock.kap, w - vcrit)
             akap = shock.kap.abs()
             for _ in range(inner):
                 vd = w + shock.kap * x[:, shock.loc]
                 i, di = diode_iv(vd, IS, nvt, xbv)
                 grad = (Dc * x - f).index_add(1, shock.loc, shock.kap * i)
                 hess = Dc.expand_as(x).index_add(1, shock.loc, shock.kap * shock.kap * di)
-                # a diode's voltage may rise freely up to its knee, then by 2 n V_T per step
-                rise = (torch.clamp(vcrit - vd, min=0.0) + 2 * nvt) / akap
-                x = x + _limit_step(-grad / hess, shock.loc, shock.kap, rise)
+                step = -grad / hess
+                rise = _allowed_rise(vd, vcrit, nvt, shock.kap * step[:, shock.loc]) / akap
+                step = _limit_step(step, shock.loc, shock.kap, rise)
+                x = x + step
+                if _newton_done(step, hess, tol[:, colour]):
+                    break
         if clamps.d.numel():
             w = v[:, clamps.d] - clamps.kap * s[:, clamps.root]
             x = _clip_to_clamps(x, clamps.loc, clamps.kap, w)
@@ -197,7 +246,7 @@ def _bcd_run(problem: Problem, s: torch.Tensor, max_iters: int, inner: int, chec
     it, r = 0, None
     history: deque[tuple[int, float]] = deque()  # (sweep, ratio) of the checks
     while it < max_iters:
-        s = _bcd_sweep(problem.cc, problem.ops, s, inner)
+        s = _bcd_sweep(problem.cc, problem.ops, s, inner, problem.tol, restart=it == 0)
         it += 1
         if it % check_every == 0 or it == max_iters:
             r = problem.residual(s)
@@ -218,7 +267,7 @@ def _bcd_run(problem: Problem, s: torch.Tensor, max_iters: int, inner: int, chec
 def bcd(problem: Problem, s: torch.Tensor, max_iters: int, *, inner: int, check_every: int) -> Outcome:
     """Exact block coordinate descent: sweeps until the residual (checked every
     ``check_every`` sweeps and after the last) is within tolerance, at most ``max_iters``;
-    each node's scalar Newton takes ``inner`` steps per sweep."""
+    each node's scalar Newton takes at most ``inner`` steps per sweep."""
     return _bcd_run(problem, s, max_iters, inner, check_every)[0]
 
 

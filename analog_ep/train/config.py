@@ -163,6 +163,7 @@ class TrainConfig:
     lr_decay: float = setting(1.0, gt=0, le=1)  # learning rates x lr_decay per epoch from epoch lr_decay_from on
     lr_decay_from: int = setting(0, ge=0)
     momentum: float = setting(0.0, ge=0)
+    weight_decay: float = setting(0.0, ge=0)  # L2 penalty: each step also moves θ by −lr·weight_decay·θ (torch.optim's)
     beta: float = setting(1e-4, gt=0)  # nudge strength (circuits: nudge conductance, S)
     nudging: str = setting("centered", choices=("positive", "centered", "random"))
     g_min: float = setting(0.0, ge=0, circuit_only=True)  # S

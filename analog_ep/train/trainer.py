@@ -63,9 +63,9 @@ class Trainer:
         groups = [dict(params=[self.params[k]], lr=self.lr_of(k), name=k) for k in self.keys]
         t = cfg.train
         if t.optimizer == "adam":
-            self.opt = torch.optim.Adam(groups)
+            self.opt = torch.optim.Adam(groups, weight_decay=t.weight_decay)
         else:
-            self.opt = torch.optim.SGD(groups, momentum=t.momentum)
+            self.opt = torch.optim.SGD(groups, momentum=t.momentum, weight_decay=t.weight_decay)
         self.gen = torch.Generator().manual_seed(t.seed)
         self.epoch = 0
         self.saved_epoch: int | None = None  # epoch of the checkpoint in ``out``, if there is one
