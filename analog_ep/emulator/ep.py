@@ -58,6 +58,8 @@ def _conductance_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) 
     states = [(torch.as_tensor(w, dtype=cc.dtype, device=cc.device).reshape(-1, 1), circ.voltages(s.detach(), u))
               for w, s, circ in weights_and_states]
     total = lambda f: sum(f(w, V) for w, V in states)
+    circuits = {id(circ) for _, _, circ in weights_and_states}
+    cancels = len(circuits) == 1 and not bool(sum(w for w, _ in states).any())
     grads = {}
     with torch.no_grad():
         for blk in blocks:
@@ -65,16 +67,24 @@ def _conductance_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) 
             if not blk.dense:
                 grads[blk.name] = 0.5 * total(lambda w, V: (w * (V[:, a] - V[:, b]) ** 2).sum(0))
                 continue
-            sq = 0.5 * (total(lambda w, V: (w * V[:, a] ** 2).sum(0))[:, None]
-                        + total(lambda w, V: (w * V[:, b] ** 2).sum(0))[None, :])
+            fixed_a, fixed_b = bool((cc.root[a] >= cc.n_free).all()), bool((cc.root[b] >= cc.n_free).all())
+            # a fixed side's ½ΣwV² cancels exactly where the weights do and every state is of
+            # one circuit (EP's differences): its voltages are the same in each state
+            skip_a, skip_b = (cancels and fixed_a), (cancels and fixed_b)
             V0 = states[0][1]
-            if bool((cc.root[a] >= cc.n_free).all()):
-                cross = V0[:, a].T @ total(lambda w, V: w * V[:, b])
-            elif bool((cc.root[b] >= cc.n_free).all()):
-                cross = total(lambda w, V: w * V[:, a]).T @ V0[:, b]
+            half = lambda side: 0.5 * total(lambda w, V: (w * V[:, side] ** 2).sum(0))
+            sq = V0.new_zeros(1, 1)  # broadcast by addmm
+            if not skip_a:
+                sq = sq + half(a)[:, None]
+            if not skip_b:
+                sq = sq + half(b)[None, :]
+            if fixed_a:
+                lhs, rhs = V0[:, a].T, total(lambda w, V: w * V[:, b])
+            elif fixed_b:
+                lhs, rhs = total(lambda w, V: w * V[:, a]).T, V0[:, b]
             else:
-                cross = torch.cat([w * V[:, a] for w, V in states]).T @ torch.cat([V[:, b] for _, V in states])
-            grads[blk.name] = sq - cross
+                lhs, rhs = torch.cat([w * V[:, a] for w, V in states]).T, torch.cat([V[:, b] for _, V in states])
+            grads[blk.name] = torch.addmm(sq, lhs, rhs, alpha=-1)
     return grads
 
 

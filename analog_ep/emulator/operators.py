@@ -145,6 +145,34 @@ def _slots(shock: Incidences, n_c: int, single: torch.Tensor, IS: torch.Tensor, 
                  table(vcrit[shock.d], 0.0), None if xbv is None else table(xbv[shock.d], math.inf))
 
 
+Columns = slice | torch.Tensor  # a set of columns: a slice where contiguous (views), else an index
+
+
+def columns(idx: torch.Tensor) -> Columns:
+    """``idx`` (1-D, ascending) as a slice where it is a contiguous range — selecting those
+    columns is then a view, not a gather — else ``idx`` itself."""
+    n = idx.numel()
+    if n and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] > idx[:-1]).all()):
+        return slice(int(idx[0]), int(idx[0]) + n)
+    return idx
+
+
+def add_columns_(out: torch.Tensor, cols: Columns, values: torch.Tensor) -> torch.Tensor:
+    """out[:, cols] += values, in place (each column receives one addition either way)."""
+    if isinstance(cols, slice):
+        out[:, cols] += values
+        return out
+    return out.index_add_(1, cols, values)
+
+
+def set_columns_(out: torch.Tensor, cols: Columns, values: torch.Tensor) -> torch.Tensor:
+    """out[:, cols] = values, in place."""
+    if isinstance(cols, slice):
+        out[:, cols] = values
+        return out
+    return out.index_copy_(1, cols, values)
+
+
 @dataclass
 class Coupling:
     """M: the positive couplings (S) between free roots, M s being the current (A) each root
@@ -155,23 +183,39 @@ class Coupling:
     csr_rows: list[torch.Tensor]  # per colour: its CSR rows
     dense: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (row roots, column roots, W)
     positions: list[torch.Tensor]  # per colour: position of each root within it (−1: other colours)
+    cols: list[Columns] = dataclasses.field(init=False)  # per colour: its roots
+    _dense_cols: list[tuple[Columns, Columns]] = dataclasses.field(init=False)
+    _terms: list[list[tuple[Columns, Columns, torch.Tensor]]] = dataclasses.field(init=False)
+    _sparse: bool = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cols = [columns(torch.nonzero(pos >= 0).flatten()) for pos in self.positions]
+        self._dense_cols = [(columns(ra), columns(rb)) for ra, rb, _ in self.dense]
+        self._sparse = self.csr._nnz() > 0
+        self._terms = []  # per colour: (its positions receiving, roots sending, matrix) of each dense block
+        for pos in self.positions:
+            terms = []
+            for ra, rb, W in self.dense:
+                if int(pos[ra[0]]) >= 0:
+                    terms.append((columns(pos[ra]), columns(rb), W.T))
+                elif int(pos[rb[0]]) >= 0:
+                    terms.append((columns(pos[rb]), columns(ra), W))
+            self._terms.append(terms)
 
     def __matmul__(self, s: torch.Tensor) -> torch.Tensor:
         """M s (A) for a batch s (B, n_free) of voltages (V)."""
-        out = (self.csr @ s.T).T
-        for ra, rb, W in self.dense:
-            out = out.index_add(1, ra, s[:, rb] @ W.T).index_add(1, rb, s[:, ra] @ W)
+        out = (self.csr @ s.T).T if self._sparse else torch.zeros_like(s)
+        for (_, _, W), (ca, cb) in zip(self.dense, self._dense_cols):
+            add_columns_(out, ca, s[:, cb] @ W.T)
+            add_columns_(out, cb, s[:, ca] @ W)
         return out
 
     def rows(self, c: int, s: torch.Tensor) -> torch.Tensor:
         """The rows of M s (A) that belong to colour c."""
-        out = (self.csr_rows[c] @ s.T).T
-        pos = self.positions[c]
-        for ra, rb, W in self.dense:
-            if int(pos[ra[0]]) >= 0:
-                out = out.index_add(1, pos[ra], s[:, rb] @ W.T)
-            elif int(pos[rb[0]]) >= 0:
-                out = out.index_add(1, pos[rb], s[:, ra] @ W)
+        n_c = self.csr_rows[c].shape[0]
+        out = (self.csr_rows[c] @ s.T).T if self._sparse else s.new_zeros(s.shape[0], n_c)
+        for into, src, W in self._terms[c]:
+            add_columns_(out, into, s[:, src] @ W)
         return out
 
     def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -347,7 +391,11 @@ def _add_dense_to_fixed(D, D_fix, K, nf, ra, rb, ga, gb, g) -> None:
     D.index_add_(0, ra, load)
     D_fix.index_add_(0, ra, load)
     w = (g * ga[:, None] * gb[None, :]).T  # (fixed, free)
-    K.index_add_(1, ra, torch.zeros(K.shape[0], ra.numel(), dtype=K.dtype, device=K.device).index_add_(0, rb - nf, w))
+    rows, cols = columns(rb - nf), columns(ra)
+    if isinstance(rows, slice) and isinstance(cols, slice):  # contiguous sources and roots (layered nets)
+        K[rows, cols] += w
+    else:
+        K.index_add_(1, ra, torch.zeros(K.shape[0], ra.numel(), dtype=K.dtype, device=K.device).index_add_(0, rb - nf, w))
 
 
 def assemble(cc: Compiled, u: torch.Tensor, beta: float | torch.Tensor = 0.0,
@@ -523,7 +571,7 @@ def diode_cocontent(v: torch.Tensor, IS: torch.Tensor, nvt: torch.Tensor, xbv: t
 
 
 def inflow(ops: Operators, s: torch.Tensor, colour: int | None = None,
-           cols: torch.Tensor | None = None) -> torch.Tensor:
+           cols: Columns | None = None) -> torch.Tensor:
     """f = f_fixed + M s (A): the current each free root receives from everything but itself
     and its diodes; with ``colour`` (and its roots ``cols``), only that colour's rows."""
     if colour is None:
@@ -537,10 +585,10 @@ def residual(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor) -> 
     r = ops.D * s - inflow(ops, s)
     dio = ops.dio
     if dio.shock.d.numel() and dio.slotted:
-        for sl, w, cols in zip(dio.slots, dio.fixed_slots, cc.colours):
+        for sl, w, cols in zip(dio.slots, dio.fixed_slots, ops.M.cols):
             if sl is not None:
                 _, i, _ = sl.currents(w, s[:, cols])
-                r = r.index_copy(1, cols, sl.add(r[:, cols], sl.kap * i))
+                set_columns_(r, cols, sl.add(r[:, cols], sl.kap * i))
     elif dio.shock.d.numel():
         i, _ = diode_iv(dio.voltages(s), dio.IS, dio.nvt, dio.xbv)
         r = r.index_add(1, dio.shock.root, dio.shock.kap * i[:, dio.shock.d])

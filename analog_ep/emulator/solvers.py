@@ -37,7 +37,7 @@ import torch
 from ..circuit.constants import BOLTZMANN
 from .compiled import Compiled
 from .energy import energy
-from .operators import Operators, Slots, diode_iv, hessian, hessian_entries, inflow, residual
+from .operators import Operators, Slots, diode_iv, hessian, hessian_entries, inflow, residual, set_columns_
 
 REQUIRED = object()  # the default of an option that has none: the caller must pass it
 
@@ -197,7 +197,8 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
     then the ideal clamps' clip); ``tol`` (B, n_free), A, is the settle's tolerance; with
     ``restart`` (the first sweep), Newton starts no further into forward bias than the knee."""
     dio = ops.dio
-    for c, colour in enumerate(cc.colours):
+    s = s.clone()  # updated in place, colour by colour
+    for c, colour in enumerate(ops.M.cols):
         f = inflow(ops, s, c, colour)
         Dc = ops.D[:, colour]
         x = f / Dc
@@ -229,7 +230,7 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
         if clamps.d.numel():
             w = v[:, clamps.d] - clamps.kap * s[:, clamps.root]
             x = _clip_to_clamps(x, clamps.loc, clamps.kap, w)
-        s = s.index_copy(1, colour, x)
+        set_columns_(s, colour, x)
     return s
 
 
