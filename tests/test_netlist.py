@@ -230,11 +230,12 @@ def test_check_command_prints_the_note(tmp_path):
 
 
 def test_parser_time_is_linear_in_the_number_of_amplifiers():
-    """Amplifier triples (E + sense V + F) are matched by dictionary: a 10x larger deck takes at
-    most 15x longer. Both sizes are timed in this run, alternately, and the minimum of 5 repeats
-    of each is compared (the small deck takes ~0.1 s here, so timer noise is small). The garbage
-    collector is paused while timing: its full collections scan every object alive in the test
-    process, a cost that depends on the other tests, not on the parser."""
+    """Amplifier triples (E + sense V + F) are matched by dictionary: a 10x larger deck costs at
+    most 30x the parser's CPU time (linear: ~10x; the quadratic matching this guards against:
+    ~100x). CPU time of this process (time.process_time), not wall-clock time, so other
+    processes on the machine do not count; the minimum of 5 alternating repeats of each size.
+    The garbage collector is paused while measuring: its full collections scan every object
+    alive in the test process, a cost that depends on the other tests, not on the parser."""
     import gc
     import time
     small, big = (write_deck(layered(f"2,{n},2", seed=0, diode=None, bias=False)) for n in (400, 4000))
@@ -245,9 +246,9 @@ def test_parser_time_is_linear_in_the_number_of_amplifiers():
             gc.collect()
             gc.disable()
             try:
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 parse_deck(text)
-                best[text] = min(best[text], time.perf_counter() - t0)
+                best[text] = min(best[text], time.process_time() - t0)
             finally:
                 gc.enable()
-    assert best[big] <= 15 * best[small], f"{best[big]:.3f} s vs {best[small]:.3f} s"
+    assert best[big] <= 30 * best[small], f"{best[big]:.3f} s vs {best[small]:.3f} s of CPU time"
