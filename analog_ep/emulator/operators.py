@@ -408,13 +408,12 @@ def assemble(cc: Compiled, u: torch.Tensor, beta: float | torch.Tensor = 0.0,
     st = static_operators(cc)
     nf, dev, dt = cc.n_free, cc.device, cc.dtype
     B = u.shape[0]
-    ext_u = torch.cat([u, u.new_zeros(B, 1)], dim=1)  # [u | ground], indexed by root - nf
-    hit = cc.cache.get("f_sources")  # the free and nudged phases of an EP step share u
+    hit = cc.cache.get("sources")  # the free and nudged phases of an EP step share u
     if hit is not None and hit[0] is u and hit[1] == u._version and hit[2] is st:
-        f = hit[3]
+        f, v_fixed, fixed_slots = hit[3]
     else:
-        f = ext_u @ st.K + st.f_const
-        cc.cache["f_sources"] = (u, u._version, st, f)
+        f, v_fixed, fixed_slots = _source_terms(st, u)
+        cc.cache["sources"] = (u, u._version, st, (f, v_fixed, fixed_slots))
     D, D_fix = st.D[None].expand(B, -1), st.D_fix[None]
     if cc.perturb is not None:  # per-sample conductance changes towards fixed nodes (Compiled.perturb)
         dD, df = cc.perturb(u)
@@ -428,12 +427,20 @@ def assemble(cc: Compiled, u: torch.Tensor, beta: float | torch.Tensor = 0.0,
         D_fix = D_fix.expand(B, -1).index_add(1, r, (beta * go * go).expand(B, -1))
         shift = 0.0 if st.offset is None else st.offset[cc.outputs]
         f = f.index_add(1, r, beta * go * (target - shift))
+    return Operators(D, f, st.M, st.ff, D_fix, dataclasses.replace(st.dio, v_fixed=v_fixed, fixed_slots=fixed_slots))
+
+
+def _source_terms(st: StaticOperators, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """What the sources u (B, n_src), V, contribute to a settle: the current f_fixed they push
+    into each free root (B, n_free), A; the part of each diode's voltage they fix (B, n_d), V;
+    and that part gathered into each colour's Slots (or None)."""
+    ext_u = torch.cat([u, u.new_zeros(u.shape[0], 1)], dim=1)  # [u | ground], indexed by root - nf
+    f = ext_u @ st.K + st.f_const
     d, idx, k = st.dio_fixed
-    v_fixed = torch.zeros(B, st.dio.IS.numel(), dtype=dt, device=dev).index_add(1, d, k * ext_u[:, idx])
+    v_fixed = u.new_zeros(u.shape[0], st.dio.IS.numel()).index_add(1, d, k * ext_u[:, idx])
     if st.dio_offset is not None:
         v_fixed = v_fixed + st.dio_offset
-    fixed_slots = [None if sl is None else v_fixed[:, sl.d] for sl in st.dio.slots]
-    return Operators(D, f, st.M, st.ff, D_fix, dataclasses.replace(st.dio, v_fixed=v_fixed, fixed_slots=fixed_slots))
+    return f, v_fixed, [None if sl is None else v_fixed[:, sl.d] for sl in st.dio.slots]
 
 
 def _diodes(cc: Compiled, gain: torch.Tensor, positions: list[torch.Tensor]):
