@@ -182,8 +182,9 @@ REGRESSION = json.loads((ROOT / "tests" / "pretrained_subset.json").read_text())
 @pytest.mark.parametrize("path", sorted(REGRESSION), ids=lambda p: Path(p).parent.name)
 def test_pretrained_checkpoint_evaluates_as_before(path):
     """Each shipped checkpoint classifies the first 500 MNIST test images with the same number of
-    errors as before the model-interface redesign (measured with the code of commit 032c2bb), and
-    its outputs sum to the same value (float32 summation order: 1e-4 relative)."""
+    errors as before the model-interface redesign (measured with the code of commit 032c2bb; the
+    retrained seed_hopfield_1h with its own run's code), and its outputs sum to the same value
+    (float32 summation order: 1e-4 relative)."""
     if not (Path(analog_ep.__file__).parents[1] / path).exists():
         pytest.fail(f"{path} is listed but missing")
     from analog_ep.train import load_checkpoint
