@@ -25,6 +25,34 @@ from ..circuit.builder import input_pairs
 from ..circuit.transforms import expand_series_resistance
 
 
+Columns = slice | torch.Tensor  # a set of columns: a slice where contiguous (views), else an index
+
+
+def columns(idx: torch.Tensor) -> Columns:
+    """``idx`` (1-D, ascending) as a slice where it is a contiguous range — selecting those
+    columns is then a view, not a gather — else ``idx`` itself."""
+    n = idx.numel()
+    if n and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] > idx[:-1]).all()):
+        return slice(int(idx[0]), int(idx[0]) + n)
+    return idx
+
+
+def add_columns_(out: torch.Tensor, cols: Columns, values: torch.Tensor) -> torch.Tensor:
+    """out[:, cols] += values, in place (each column receives one addition either way)."""
+    if isinstance(cols, slice):
+        out[:, cols] += values
+        return out
+    return out.index_add_(1, cols, values)
+
+
+def set_columns_(out: torch.Tensor, cols: Columns, values: torch.Tensor) -> torch.Tensor:
+    """out[:, cols] = values, in place."""
+    if isinstance(cols, slice):
+        out[:, cols] = values
+        return out
+    return out.index_copy_(1, cols, values)
+
+
 @dataclass
 class Block:
     """One conductance group: dense (a: rows, b: cols, g: (m, n)) or sparse (a, b, g: (k,))."""
@@ -33,6 +61,11 @@ class Block:
     a: torch.Tensor
     b: torch.Tensor
     dense: bool
+
+    def __post_init__(self) -> None:
+        # the terminals' node columns, as slices where contiguous (a dense block's rows and
+        # columns usually are: gathering a layer's voltages is then a view)
+        self.a_cols, self.b_cols = (columns(self.a), columns(self.b)) if self.dense else (self.a, self.b)
 
 
 @dataclass

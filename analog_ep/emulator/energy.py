@@ -35,7 +35,7 @@ def energy(cc: Compiled, s: torch.Tensor, u: torch.Tensor, *, beta=0.0, target: 
     E = V.new_zeros(V.shape[0])
     for blk in cc.blocks:
         g = p[blk.name]
-        a, b = V[:, blk.a], V[:, blk.b]
+        a, b = V[:, blk.a_cols], V[:, blk.b_cols]
         if blk.dense:  # ½ Σ g (a_i − b_j)² without a B×m×n temporary
             E = E + 0.5 * (a * a) @ g.sum(1) + 0.5 * (b * b) @ g.sum(0) - ((a @ g) * b).sum(1)
         else:

@@ -68,6 +68,7 @@ def _conductance_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) 
                 grads[blk.name] = 0.5 * total(lambda w, V: (w * (V[:, a] - V[:, b]) ** 2).sum(0))
                 continue
             fixed_a, fixed_b = bool((cc.root[a] >= cc.n_free).all()), bool((cc.root[b] >= cc.n_free).all())
+            a, b = blk.a_cols, blk.b_cols  # slices where contiguous: views, not gathers
             # a fixed side's ½ΣwV² cancels exactly where the weights do and every state is of
             # one circuit (EP's differences): its voltages are the same in each state
             skip_a, skip_b = (cancels and fixed_a), (cancels and fixed_b)

@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from .compiled import Compiled
+from .compiled import Columns, Compiled, add_columns_, columns, set_columns_
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 _EXP_MAX = 40.0  # diode exponent beyond which the I-V curve is continued linearly in Newton
@@ -143,34 +143,6 @@ def _slots(shock: Incidences, n_c: int, single: torch.Tensor, IS: torch.Tensor, 
     return Slots(table(shock.d, 0), kap, inv(kap.abs()), inv(kap), torch.where(kap > 0, zero, math.inf),
                  torch.where(kap < 0, zero, -math.inf), table(IS[shock.d], 0.0), table(nvt[shock.d], 1.0),
                  table(vcrit[shock.d], 0.0), None if xbv is None else table(xbv[shock.d], math.inf))
-
-
-Columns = slice | torch.Tensor  # a set of columns: a slice where contiguous (views), else an index
-
-
-def columns(idx: torch.Tensor) -> Columns:
-    """``idx`` (1-D, ascending) as a slice where it is a contiguous range — selecting those
-    columns is then a view, not a gather — else ``idx`` itself."""
-    n = idx.numel()
-    if n and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] > idx[:-1]).all()):
-        return slice(int(idx[0]), int(idx[0]) + n)
-    return idx
-
-
-def add_columns_(out: torch.Tensor, cols: Columns, values: torch.Tensor) -> torch.Tensor:
-    """out[:, cols] += values, in place (each column receives one addition either way)."""
-    if isinstance(cols, slice):
-        out[:, cols] += values
-        return out
-    return out.index_add_(1, cols, values)
-
-
-def set_columns_(out: torch.Tensor, cols: Columns, values: torch.Tensor) -> torch.Tensor:
-    """out[:, cols] = values, in place."""
-    if isinstance(cols, slice):
-        out[:, cols] = values
-        return out
-    return out.index_copy_(1, cols, values)
 
 
 @dataclass
