@@ -307,3 +307,29 @@ def test_node_by_node_diode_layout_matches_the_indexed_newton():
     b = settle(indexed, indexed.inputs_to_sources(x))
     assert a.converged and b.converged
     torch.testing.assert_close(a.s, b.s, rtol=0, atol=1e-8)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.one_of(random_graph_circuit(), random_layered_circuit()))
+def test_colouring_is_proper_and_two_colours_for_bipartite_couplings(circuit):
+    """The colours partition the free nodes, no element joins two free nodes of one colour (BCD
+    sets each colour's nodes independently), and a bipartite coupling graph — every layered
+    net — gets exactly two colours (the vectorised test), others networkx's greedy colouring."""
+    cc = compile_circuit(circuit)
+    colour = np.full(cc.n_free, -1)
+    for c, nodes in enumerate(cc.colours):
+        assert bool((colour[nodes.numpy()] == -1).all())
+        colour[nodes.numpy()] = c
+    assert bool((colour >= 0).all())
+    root, nf = cc.root.numpy(), cc.n_free
+    graph = nx.Graph()
+    graph.add_nodes_from(range(nf))
+    ends = [(b.a, b.b, b.dense) for b in cc.blocks] + [(d.anode, d.cathode, False) for d in cc.diodes]
+    for a, b, dense in ends:
+        ra, rb = root[a.numpy()], root[b.numpy()]
+        ra, rb = np.broadcast_arrays(ra[:, None], rb[None, :]) if dense else (ra, rb)
+        both = (ra < nf) & (rb < nf) & (ra != rb)
+        assert bool((colour[ra[both]] != colour[rb[both]]).all())
+        graph.add_edges_from(zip(ra[both].tolist(), rb[both].tolist()))
+    if nx.is_bipartite(graph) and graph.number_of_edges():
+        assert len(cc.colours) == 2

@@ -175,18 +175,34 @@ class Compiled:
 
 def _colouring(n_free: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
     """Colour the free-node coupling graph: a bipartite graph (a layered net) gets its two
-    sides, anything else networkx's greedy colouring."""
-    graph = nx.Graph()
-    graph.add_nodes_from(range(n_free))
-    for a, b in edges:
-        graph.add_edges_from(zip(a.tolist(), b.tolist()))
-    if nx.is_bipartite(graph):
-        side = nx.bipartite.color(graph)
-        colour = [side[i] for i in range(n_free)]
+    sides, anything else networkx's greedy colouring. The bipartite test is vectorised (scipy's
+    csgraph: a breadth-first search from the lowest node of each component, then the parity of
+    each node's depth; a graph is bipartite iff every edge joins the two parities), so two dense
+    1024-node layers (10⁶ edges) colour in milliseconds. Each component's lowest node is on
+    side 1 and isolated nodes on side 0, as networkx's ``bipartite.color`` assigns them."""
+    if n_free == 0:
+        return []
+    rows = np.concatenate([a for a, _ in edges] + [np.zeros(0, np.int64)])
+    cols = np.concatenate([b for _, b in edges] + [np.zeros(0, np.int64)])
+    graph = scipy.sparse.coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(n_free, n_free)).tocsr()
+    _, label = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    side = np.zeros(n_free, dtype=np.int64)
+    for root in np.unique(label, return_index=True)[1]:  # the lowest node of each component
+        order, pred = scipy.sparse.csgraph.breadth_first_order(graph, root, directed=False)
+        depth = np.zeros(n_free, dtype=np.int64)
+        for v in order[1:]:
+            depth[v] = depth[pred[v]] + 1
+        side[order] = 1 - depth[order] % 2
+    degree = np.bincount(rows, minlength=n_free) + np.bincount(cols, minlength=n_free)
+    side[degree == 0] = 0
+    if bool(np.all(side[rows] != side[cols])):
+        colour = side
     else:
-        greedy = nx.greedy_color(graph, strategy="largest_first")
-        colour = [greedy[i] for i in range(n_free)]
-    colour = np.asarray(colour, dtype=np.int64) if n_free else np.zeros(0, dtype=np.int64)
+        nx_graph = nx.Graph()
+        nx_graph.add_nodes_from(range(n_free))
+        nx_graph.add_edges_from(zip(rows.tolist(), cols.tolist()))
+        greedy = nx.greedy_color(nx_graph, strategy="largest_first")
+        colour = np.asarray([greedy[i] for i in range(n_free)], dtype=np.int64)
     return [np.flatnonzero(colour == c) for c in np.unique(colour)]
 
 
