@@ -22,7 +22,7 @@ its classes are imported from PATH and called.
 Both take the same MNIST training batches. After 2 warm-up steps each, the two alternate
 --repeats times (which goes first swaps every repeat); wall-clock seconds per step, medians,
 and their ratio are printed and written to --out, with the reference checkout's commit when
-PATH is a git repository.
+PATH is a git repository (else the one --commit names).
 """
 from __future__ import annotations
 
@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20, help="timed steps of each (after 2 warm-ups)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/drn_side_by_side.json")
+    ap.add_argument("--commit", help="the reference code's commit, recorded when PATH is not a git checkout "
+                                     "(e.g. an exported tree)")
     add_devices_option(ap, loops=True)
     args = ap.parse_args()
     devices = parse_devices(ap, args.devices, loops=True)
@@ -180,7 +182,7 @@ def main() -> None:
         rows.append(dict(device=device, median_seconds=med, seconds=times, ratio_theirs_over_ours=med["theirs"] / med["ours"]))
         print(f"{device}: ours {1e3 * med['ours']:.1f} ms, theirs {1e3 * med['theirs']:.1f} ms per step (medians of "
               f"{args.repeats}, batch {args.batch}) -> {med['theirs'] / med['ours']:.1f}x", flush=True)
-    result = dict(reference=dict(repository=REPOSITORY, commit=commit_of(args.path), setting="drn-1h", **DRN_1H),
+    result = dict(reference=dict(repository=REPOSITORY, commit=commit_of(args.path) or args.commit, setting="drn-1h", **DRN_1H),
                   ours=dict(config="examples/mnist_1h.toml", step="analog_ep.train.Trainer.step"), batch=args.batch,
                   repeats=args.repeats, rows=rows, torch=torch.__version__, threads=torch.get_num_threads(),
                   machine=platform.processor() or platform.machine(),
