@@ -186,15 +186,15 @@ def _colouring(n_free: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> list[
     cols = np.concatenate([b for _, b in edges] + [np.zeros(0, np.int64)])
     graph = scipy.sparse.coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(n_free, n_free)).tocsr()
     _, label = scipy.sparse.csgraph.connected_components(graph, directed=False)
-    side = np.zeros(n_free, dtype=np.int64)
-    for root in np.unique(label, return_index=True)[1]:  # the lowest node of each component
+    degree = np.bincount(rows, minlength=n_free) + np.bincount(cols, minlength=n_free)
+    side = np.zeros(n_free, dtype=np.int64)  # isolated nodes stay on side 0
+    depth = np.zeros(n_free, dtype=np.int64)
+    coupled = np.flatnonzero(degree > 0)
+    for root in coupled[np.unique(label[coupled], return_index=True)[1]]:  # each component's lowest node
         order, pred = scipy.sparse.csgraph.breadth_first_order(graph, root, directed=False)
-        depth = np.zeros(n_free, dtype=np.int64)
         for v in order[1:]:
             depth[v] = depth[pred[v]] + 1
         side[order] = 1 - depth[order] % 2
-    degree = np.bincount(rows, minlength=n_free) + np.bincount(cols, minlength=n_free)
-    side[degree == 0] = 0
     if bool(np.all(side[rows] != side[cols])):
         colour = side
     else:

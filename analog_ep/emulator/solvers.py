@@ -201,7 +201,6 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
     for c, colour in enumerate(ops.M.cols):
         f = inflow(ops, s, c, colour)
         Dc = ops.D[:, colour]
-        x = f / Dc
         shock, clamps = dio.by_colour[c]
         slots = dio.slots[c]
         if (shock.d.numel() and slots is None) or clamps.d.numel():
@@ -227,6 +226,8 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
                 x = x + step
                 if _newton_done(step, hess, tol[:, colour]):
                     break
+        else:  # no Shockley diode: the conductance-weighted mean is exact
+            x = f / Dc
         if clamps.d.numel():
             w = v[:, clamps.d] - clamps.kap * s[:, clamps.root]
             x = _clip_to_clamps(x, clamps.loc, clamps.kap, w)
