@@ -435,6 +435,7 @@ def train(
         except TrainingError as e:
             _fail(str(e))
         done = finish_run(trainer, out)
+        dist.close()  # every rank waits for rank 0's files, then leaves the group
     if as_json:
         log = trainer.cfg.log
         say(json.dumps(dict(config=cfg.name, out=str(out), checkpoint=str(ckpt), epoch=trainer.epoch,

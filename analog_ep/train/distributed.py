@@ -45,6 +45,14 @@ class Dist:
         torch.distributed.all_reduce(flat)
         return [p.view_as(t) for p, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
+    def close(self) -> None:
+        """Leave the process group after a barrier, so that no rank exits while another still
+        uses it (a rank that exited while rank 0 was writing the run directory could abort in
+        gloo's threads with SIGABRT)."""
+        if self.active and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
 
 def init_from_env(device: str) -> Dist:
     """The process group torchrun describes in the environment (WORLD_SIZE, RANK, ...), or a
