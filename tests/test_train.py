@@ -277,3 +277,40 @@ def test_packed_checkpoint_evaluates_like_the_original(tmp_path):
     half = load_checkpoint(tr.pack(tmp_path / "half.pt", half=True), data=DIGITS)
     assert abs(half.error(DIGITS.x_test, DIGITS.y_test) - tr.error(DIGITS.x_test, DIGITS.y_test)) <= 0.02
     assert (tmp_path / "half.pt").stat().st_size < (tmp_path / "packed.pt").stat().st_size
+
+
+def test_shifted_batches_are_zero_filled_translates_drawn_from_the_generator():
+    from analog_ep.data.loaders import shifted
+    x = torch.rand(64, 36)  # 6x6 images
+    gen = torch.Generator().manual_seed(3)
+    assert shifted(x, 0, gen) is x and torch.equal(gen.get_state(), torch.Generator().manual_seed(3).get_state())
+    out = shifted(x, 2, gen).reshape(64, 6, 6)
+    offsets = torch.randint(0, 5, (64, 2), generator=torch.Generator().manual_seed(3)) - 2  # the same draws
+    img = x.reshape(64, 6, 6).numpy()
+    for b, (dy, dx) in enumerate(offsets.tolist()):  # output pixel (i, j) is input pixel (i + dy, j + dx), else 0
+        want = np.zeros((6, 6), np.float32)
+        for i in range(6):
+            for j in range(6):
+                if 0 <= i + dy < 6 and 0 <= j + dx < 6:
+                    want[i, j] = img[b, i + dy, j + dx]
+        np.testing.assert_array_equal(out[b].numpy(), want)
+    assert len({tuple(o) for o in offsets.tolist()}) == 25  # every offset in [-2, 2]^2 occurs
+    with pytest.raises(ValueError, match="square images"):
+        shifted(torch.rand(2, 10), 1, gen)
+
+
+def test_training_with_shifted_images_resumes_exactly(tmp_path):
+    cfg = tiny_config(nudging="random").updated(data=dict(shift=1))
+    full = Trainer(cfg, data=DIGITS)
+    full.fit(progress=False)
+    plain = Trainer(tiny_config(nudging="random"), data=DIGITS)
+    plain.fit(progress=False)
+    assert not torch.equal(full.params[full.keys[0]], plain.params[plain.keys[0]])  # the images were shifted
+    part = Trainer(cfg, data=DIGITS, out=tmp_path)
+    part.fit(epochs=1, progress=False)
+    resumed = load_checkpoint(tmp_path, data=DIGITS)
+    resumed.fit(progress=False)
+    for k in full.keys:
+        torch.testing.assert_close(resumed.params[k], full.params[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shift"):
+        tiny_config().updated(data=dict(shift=-1)).validate()

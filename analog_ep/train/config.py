@@ -140,6 +140,7 @@ class DataConfig:
     dataset: str = "mnist"  # mnist | fashion | digits
     batch_size: int = setting(128, ge=1)
     train_subset: int | None = setting(None, ge=1)  # use only the first N training images (quick runs)
+    shift: int = setting(0, ge=0, le=8)  # augment: translate each training image by up to this many pixels per axis (0 = off)
 
 
 @dataclass

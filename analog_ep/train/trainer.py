@@ -223,7 +223,7 @@ class Trainer:
         total = self.cfg.train.epochs if epochs is None else epochs
         if train is None:
             train = ArrayLoader(self.data.x_train, self.data.y_train, self.cfg.data.batch_size, self.gen,
-                                limit=self.cfg.data.train_subset)
+                                limit=self.cfg.data.train_subset, shift=self.cfg.data.shift)
         if val is None:
             val = (self.data.x_val, self.data.y_val)
         loggers = self.config_loggers() if loggers is None else list(loggers)
