@@ -314,3 +314,36 @@ def test_training_with_shifted_images_resumes_exactly(tmp_path):
         torch.testing.assert_close(resumed.params[k], full.params[k], rtol=0, atol=0)
     with pytest.raises(ValueError, match="shift"):
         tiny_config().updated(data=dict(shift=-1)).validate()
+
+
+def test_fine_tuning_starts_from_another_checkpoints_parameters(tmp_path):
+    first = Trainer(tiny_config(nudging="random"), data=DIGITS, out=tmp_path / "first")
+    first.fit(progress=False)
+    packed = first.pack(tmp_path / "packed.pt", half=True)
+    tuned_cfg = tiny_config(nudging="random", epochs=1, init_from=str(packed))
+    tuned = Trainer(tuned_cfg, data=DIGITS, out=tmp_path / "tuned")
+    for k in first.keys:  # the packed float16 parameters, as the model's dtype, projected to [g_min, g_max]
+        want = first.params[k].half().to(tuned.params[k].dtype).clamp(0.0, 1e-4)
+        torch.testing.assert_close(tuned.params[k], want, rtol=0, atol=0)
+    assert tuned.epoch == 0 and not tuned.opt.state  # a fresh run: epoch 0, no optimizer moments
+    tuned.fit(progress=False)
+    packed.unlink()  # a finished fine-tuning run resumes from its own checkpoint, without the source
+    resumed = load_checkpoint(tmp_path / "tuned", data=DIGITS)
+    for k in first.keys:
+        torch.testing.assert_close(resumed.params[k], tuned.params[k], rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError):
+        Trainer(tuned_cfg, data=DIGITS)
+    other = tiny_config(init_from=str(tmp_path / "first")).updated(circuit=dict(layers="64,16,10"))
+    with pytest.raises(ValueError, match="init_from"):
+        Trainer(other, data=DIGITS)
+
+
+def test_val_size_moves_the_other_validation_images_into_training():
+    d = DIGITS.with_val_size(100)
+    assert (len(d.y_train), len(d.y_val), len(d.y_test)) == (1397, 100, 300)
+    np.testing.assert_array_equal(d.x_val, DIGITS.x_val[:100])
+    np.testing.assert_array_equal(d.x_train[1197:], DIGITS.x_val[100:])
+    assert "training on 1,397" in d.splits
+    assert len(Trainer(tiny_config().updated(data=dict(val_size=100)), data=DIGITS).data.y_train) == 1397
+    with pytest.raises(ValueError, match="val_size"):
+        DIGITS.with_val_size(301)

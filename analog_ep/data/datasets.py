@@ -43,6 +43,20 @@ class Dataset:
     y_test: np.ndarray
     splits: str  # how the splits were made, for logs and READMEs
 
+    def with_val_size(self, n_val: int) -> "Dataset":
+        """The first ``n_val`` validation images kept for validation, the others appended to
+        the training set (same test set); ValueError if there are not that many."""
+        if not 1 <= n_val <= len(self.y_val):
+            raise ValueError(f"[data] val_size: expected 1 to {len(self.y_val)} ({self.name} has that many "
+                             f"validation images), got {n_val}")
+        if n_val == len(self.y_val):
+            return self
+        n_train = len(self.y_train) + len(self.y_val) - n_val
+        return Dataset(self.name, np.concatenate([self.x_train, self.x_val[n_val:]]),
+                       np.concatenate([self.y_train, self.y_val[n_val:]]), self.x_val[:n_val], self.y_val[:n_val],
+                       self.x_test, self.y_test,
+                       f"{self.splits}; training on {n_train:,} (all but the first {n_val:,} validation images)")
+
     @property
     def n_features(self) -> int:
         return int(self.x_train.shape[1])

@@ -140,6 +140,7 @@ class DataConfig:
     dataset: str = "mnist"  # mnist | fashion | digits
     batch_size: int = setting(128, ge=1)
     train_subset: int | None = setting(None, ge=1)  # use only the first N training images (quick runs)
+    val_size: int | None = setting(None, ge=1)  # keep the first N validation images for validation; the others join the training set
     shift: int = setting(0, ge=0, le=8)  # augment: translate each training image by up to this many pixels per axis (0 = off)
 
 
@@ -180,6 +181,7 @@ class TrainConfig:
     lockin_periods: int = setting(4, ge=1, circuit_only=True)  # lockin: K periods of the oscillating nudge
     lockin_points: int = setting(4, ge=2, circuit_only=True)  # lockin: N settles per period
     update_time: float = setting(0.0, ge=0, circuit_only=True)  # s on the devices' clock between two EP steps (programming pulses)
+    init_from: str | None = None  # fine-tuning: start from this checkpoint's parameters (file or run directory); fresh optimizer and schedule
 
 
 CIRCUIT_ONLY = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("circuit_only"))  # [train] settings of circuits

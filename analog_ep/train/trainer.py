@@ -36,7 +36,9 @@ class CheckpointError(ValueError):
 class Trainer:
     """Trains ``model`` (default: the one ``cfg`` describes) with the ``[train]`` settings of
     ``cfg``; ``out`` is the run directory (checkpoint, metrics), ``data`` the built-in dataset
-    (loaded from ``cfg.data`` on first use), ``dist`` the data-parallel ranks.
+    (loaded from ``cfg.data`` on first use), ``dist`` the data-parallel ranks. With
+    ``initialise`` the parameters start from ``[train] init_from``'s checkpoint, if the config
+    names one (fine-tuning); :func:`load_checkpoint` passes False, as it restores its own.
 
     A run that had learnt and then sits within ``COLLAPSE_MARGIN`` of chance validation error
     (1 − 1/classes) for ``COLLAPSE_EPOCHS`` epochs in a row has collapsed: training stops with
@@ -47,7 +49,7 @@ class Trainer:
     COLLAPSE_EPOCHS = 2
 
     def __init__(self, cfg: Config, device: str = "cpu", out: Path | None = None, data: Dataset | None = None,
-                 dist: Dist | None = None, model: EPModel | None = None):
+                 dist: Dist | None = None, model: EPModel | None = None, initialise: bool = True):
         self.cfg = cfg
         self.dist = dist or Dist()
         self.device = torch.device(device)
@@ -70,6 +72,11 @@ class Trainer:
         self.epoch = 0
         self.saved_epoch: int | None = None  # epoch of the checkpoint in ``out``, if there is one
         self.history: list[Metrics] = []
+        if initialise and t.init_from is not None:  # fine-tuning (a restored checkpoint brings its own parameters)
+            try:
+                self.model.load_trainable(read_checkpoint(t.init_from)[1]["params"])
+            except ValueError as e:
+                raise ValueError(f"[train] init_from {t.init_from}: {e}") from None
         self.model.project()
 
     def summary(self) -> str:
@@ -87,6 +94,8 @@ class Trainer:
         """The dataset, loaded on first use (exporting a checkpoint needs none)."""
         if self._data is None:
             self._data = load_dataset(self.cfg.data.dataset)
+        if self.cfg.data.val_size is not None:
+            self._data = self._data.with_val_size(self.cfg.data.val_size)
         if self.model.n_in != self._data.n_features:
             raise ValueError(f"the network has {self.model.n_in} inputs, dataset {self._data.name} has "
                              f"{self._data.n_features} features")
@@ -333,7 +342,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu", data: Dataset | None 
     path, state = read_checkpoint(path)
     try:
         cfg = Config.from_stored(state["config"])
-        trainer = Trainer(cfg, device=device, out=path.parent, data=data, dist=dist)
+        trainer = Trainer(cfg, device=device, out=path.parent, data=data, dist=dist, initialise=False)
         trainer.load_state(state)
     except (ValueError, TypeError, KeyError, RuntimeError) as e:  # RuntimeError: torch's optimizer/RNG state checks
         raise CheckpointError(f"{path}: {_gist(e)}") from None
