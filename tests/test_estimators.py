@@ -135,3 +135,14 @@ def test_per_sample_white_noise_has_the_law_of_per_device_draws():
     assert bool(((ratio > 0.85) & (ratio < 1.15)).all()), ratio
     assert bool(((a.mean(0) - b.mean(0)).abs() <= 3 * b.std(0) * (2 / n) ** 0.5 + 1e-12).all())
     assert float(a.std(0).min()) > 0
+
+
+@pytest.mark.parametrize("kind", ["ep", "cds"])
+def test_noiseless_reads_still_take_their_time_on_the_clock(kind):
+    """Reads without noise reuse the hardware circuit, but the step's phases still take their
+    settle and read time (they were counted as 0 s for the per-settle estimator)."""
+    m, u, y = small(3)
+    dev = devices_with(m, read_window=1e-4, settle_time=1e-6)
+    e = estimate(m.cc, dev, u, y, 2e-5, mode="centered", estimator=Estimator(kind), keys=list(m.cc.trainable),
+                 settle_kw=SETTLE)
+    assert e.measurement_time == pytest.approx(3 * (1e-6 + 1e-4))
