@@ -181,7 +181,7 @@ class TrainConfig:
     lockin_periods: int = setting(4, ge=1, circuit_only=True)  # lockin: K periods of the oscillating nudge
     lockin_points: int = setting(4, ge=2, circuit_only=True)  # lockin: N settles per period
     update_time: float = setting(0.0, ge=0, circuit_only=True)  # s on the devices' clock between two EP steps (programming pulses)
-    init_from: str | None = None  # fine-tuning: start from this checkpoint's parameters (file or run directory); fresh optimizer and schedule
+    init_from: str | None = None  # fine-tuning: start from this checkpoint's parameters (file or run directory, relative to the working directory); fresh optimizer and schedule
 
 
 CIRCUIT_ONLY = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("circuit_only"))  # [train] settings of circuits

@@ -94,7 +94,7 @@ class Trainer:
         """The dataset, loaded on first use (exporting a checkpoint needs none)."""
         if self._data is None:
             self._data = load_dataset(self.cfg.data.dataset)
-        if self.cfg.data.val_size is not None:
+        if self.cfg.data.val_size is not None:  # idempotent: a split dataset has val_size validation images
             self._data = self._data.with_val_size(self.cfg.data.val_size)
         if self.model.n_in != self._data.n_features:
             raise ValueError(f"the network has {self.model.n_in} inputs, dataset {self._data.name} has "
