@@ -331,7 +331,7 @@ def test_fine_tuning_starts_from_another_checkpoints_parameters(tmp_path):
     resumed = load_checkpoint(tmp_path / "tuned", data=DIGITS)
     for k in first.keys:
         torch.testing.assert_close(resumed.params[k], tuned.params[k], rtol=0, atol=0)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="init_from"):
         Trainer(tuned_cfg, data=DIGITS)
     other = tiny_config(init_from=str(tmp_path / "first")).updated(circuit=dict(layers="64,16,10"))
     with pytest.raises(ValueError, match="init_from"):

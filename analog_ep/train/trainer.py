@@ -75,8 +75,8 @@ class Trainer:
         if initialise and t.init_from is not None:  # fine-tuning (a restored checkpoint brings its own parameters)
             try:
                 self.model.load_trainable(read_checkpoint(t.init_from)[1]["params"])
-            except ValueError as e:
-                raise ValueError(f"[train] init_from {t.init_from}: {e}") from None
+            except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
+                raise type(e)(f"[train] init_from {t.init_from}: {e}") from None
         self.model.project()
 
     def summary(self) -> str:
