@@ -15,6 +15,8 @@ from analog_ep.cli import app
 from analog_ep.spice import read_deck
 from analog_ep.data import load_dataset, restricted_pickle_load
 from analog_ep.data.datasets import DataError, read_idx
+from analog_ep.devices import DeviceArray, DeviceModel
+from analog_ep.devices.array import STUCK_MAX
 from analog_ep.train import Config, Trainer, TrainingError, load_checkpoint
 from analog_ep.train.trainer import Metrics
 from tests.conftest import tiny_toml
@@ -336,6 +338,29 @@ def test_fine_tuning_starts_from_another_checkpoints_parameters(tmp_path):
     other = tiny_config(init_from=str(tmp_path / "first")).updated(circuit=dict(layers="64,16,10"))
     with pytest.raises(ValueError, match="init_from"):
         Trainer(other, data=DIGITS)
+
+
+def test_fine_tuning_in_the_loop_programs_the_loaded_conductances_into_the_devices(tmp_path):
+    """init_from with devices in the loop: the run starts from what programming the source's
+    conductances gives (whole levels above g_min, faults), exactly as a
+    realisation of the same seed programs them, not from the trained values themselves."""
+    first = Trainer(tiny_config(nudging="random", epochs=1), data=DIGITS)
+    first.fit(progress=False)
+    packed = first.pack(tmp_path / "packed.pt")
+    device = dict(in_the_loop=True, preset="ideal", seed=3, levels=64, on_off=10.0, stuck_max=0.05)
+    tuned = Trainer(tiny_config(nudging="random", init_from=str(packed)).updated(device=device), data=DIGITS)
+    ref = DeviceArray(DeviceModel.build("ideal", **{k: v for k, v in device.items()
+                                                    if k not in ("in_the_loop", "preset", "seed")}),
+                      tuned.model.cc, list(tuned.keys), 1e-4, seed=3)
+    n_stuck = moved = 0
+    for k in first.keys:
+        want = ref.program(k, first.params[k].clamp(0.0, 1e-4))
+        torch.testing.assert_close(tuned.params[k], want, rtol=0, atol=0)
+        moved += not torch.equal(tuned.params[k], first.params[k].clamp(1e-5, 1e-4))  # levels, faults
+        stuck = tuned.model.devices.faults[k] == STUCK_MAX
+        assert bool((tuned.params[k][stuck] == 1e-4).all())
+        n_stuck += int(stuck.sum())
+    assert n_stuck > 0 and moved > 0
 
 
 def test_val_size_moves_the_other_validation_images_into_training():

@@ -212,10 +212,12 @@ class NoiseProcess:
                 self.rtn_up[k] = self._rand(self.rtn_index[k].shape) < spec.rtn_p_up
 
     # ------------------------------------------------------------------ draws
-    def _randn(self, shape) -> torch.Tensor:
+    def _randn(self, shape, promote: bool = True) -> torch.Tensor:
         """Standard normals, drawn in float32 (about 5× faster than float64 on a CPU, and
-        plenty for noise: 7 significant digits) and promoted, as the state is float64."""
-        return torch.randn(shape, generator=self.gen, dtype=torch.float32, device=self.device).double()
+        plenty for noise: 7 significant digits); promoted to the state's float64 unless
+        ``promote`` is False (the caller mixes them into float64 itself)."""
+        z = torch.randn(shape, generator=self.gen, dtype=torch.float32, device=self.device)
+        return z.double() if promote else z
 
     def _rand(self, shape) -> torch.Tensor:
         return torch.rand(shape, generator=self.gen, dtype=torch.float64, device=self.device)
@@ -304,10 +306,10 @@ class NoiseProcess:
         for k, s in self.shapes.items():
             x0 = self.ou[k]
             if x0.shape[0]:  # L components, flattened to (L, devices) for the sums over them
-                zeta = self._randn(x0.shape)
+                zeta = self._randn(x0.shape, promote=False)
                 flat_x, flat_z = x0.reshape(x0.shape[0], -1), zeta.reshape(x0.shape[0], -1)
-                mean = (a @ flat_x + b @ flat_z).reshape(s) + r * self._randn(s)
-                self.ou[k] = self._expand(A, s) * x0 + self._expand(S, s) * zeta
+                mean = (a @ flat_x + (b.float() @ flat_z).double()).reshape(s) + r * self._randn(s)
+                self.ou[k] = (self._expand(A, s) * x0).addcmul_(self._expand(S, s), zeta)
             else:
                 mean = torch.zeros(s, dtype=torch.float64, device=self.device)
             if flicker_gain is not None and k in flicker_gain:

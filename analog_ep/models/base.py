@@ -96,6 +96,11 @@ class EPModel(ABC):
             for k, p in mine.items():
                 p.copy_(params[k].to(p.device, p.dtype))
 
+    def start_from(self, params: Mapping[str, torch.Tensor]) -> None:
+        """Begin a new run from trained values (fine-tuning): :meth:`load_trainable`, which
+        models with hardware extend to write the values into it."""
+        self.load_trainable(params)
+
     def extra_state(self) -> dict:
         """State beyond the parameters that exact resume needs (e.g. device RNG)."""
         return {}

@@ -246,10 +246,22 @@ class AnalogCircuit(nn.Module, EPModel):
         """Program the present conductances into a fresh realisation of ``model`` (seeded);
         from then on every settle reads through it and every update writes through it."""
         self.devices = DeviceArray(model, self.cc, list(self.cc.trainable), self.g_max, seed=seed)
+        self._program()
+        return self.devices
+
+    def _program(self) -> None:
+        """Write the present conductances into the devices: they hold what programming gives."""
         with torch.no_grad():
             for k, p in self.trainable().items():
                 p.copy_(self.devices.program(k, p))
-        return self.devices
+
+    def start_from(self, params: Mapping[str, torch.Tensor]) -> None:
+        """Load trained conductances and, with devices in the loop, program them into the
+        devices (levels, write noise, faults), as deploying them would: in-the-loop
+        fine-tuning starts from what the devices hold, not from the trained values."""
+        self.load_trainable(params)
+        if self.devices is not None:
+            self._program()
 
     def detach_devices(self) -> None:
         """Back to ideal components (the conductances keep their present values)."""

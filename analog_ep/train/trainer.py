@@ -74,7 +74,7 @@ class Trainer:
         self.history: list[Metrics] = []
         if initialise and t.init_from is not None:  # fine-tuning (a restored checkpoint brings its own parameters)
             try:
-                self.model.load_trainable(read_checkpoint(t.init_from)[1]["params"])
+                self.model.start_from(read_checkpoint(t.init_from)[1]["params"])
             except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
                 raise type(e)(f"[train] init_from {t.init_from}: {e}") from None
         self.model.project()
