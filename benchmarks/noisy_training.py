@@ -1,0 +1,126 @@
+"""Test error against measurement time per EP step: in-the-loop training with each estimator
+under each read-noise model (the training Pareto figure of issue 13).
+
+The trained ideal XS circuit (examples/pretrained/mnist_xs, 2.13 %) is programmed into one
+realisation of the ``reram`` preset (its programming non-idealities as cited), and EP fine-tunes
+it in the loop on the first ``--train-subset`` MNIST training images (default 10,000: 1/5 epoch,
+the budget of the robustness sweep in examples/sweeps/), reading through the devices with each
+estimator of ``benchmarks/noisy_gradient.py`` (per-settle EP; CDS centred EP with 1 or 4
+averaged reads; the lock-in over 4 or 16 periods) at each read window, under the same noise
+models (the preset's white + 1/f read noise, its white part only, its 1/f part only, none; the
+samples of a batch read one after another). Each run's test error (the full MNIST test set,
+read through the same noisy devices) is plotted against its measurement time per EP step on
+the devices' clock (settles, read windows, conversions): what a better gradient costs in time,
+and what it buys in accuracy. Adam at the ideal run's rate (3e-7 S per step), β 2e-4 S
+(centred) and 4e-4 S (lock-in amplitude) as in noisy_gradient.py. One device realisation and
+one run per point: differences of a point or so are within the spread between realisations.
+
+    .venv/bin/python benchmarks/noisy_training.py [--json] [--train-subset 10000] [--devices cpu]
+
+Writes benchmarks/results/noisy_training.json and noisy_training.png; with --json the last line
+is one JSON object with the best (lowest) test error under the reram preset, its estimator and
+its measurement time per step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from analog_ep.data import load_dataset
+from analog_ep.train import Trainer, read_checkpoint
+from analog_ep.train.config import Config
+from noisy_gradient import DEFAULT_WINDOW, ESTIMATORS, NOISE, NOISELESS, WINDOWS
+from torch_devices import add_devices_option, parse_devices
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "examples/pretrained/mnist_xs/checkpoint.pt"
+
+
+def pareto_figure(rows: list[dict], baseline: float):
+    """Test error against measurement time per EP step (log x), one panel per noise model and
+    one line per estimator (its points: the read windows); the ideal circuit's error dashed."""
+    from matplotlib.figure import Figure
+
+    noises = list(dict.fromkeys(r["noise"] for r in rows))
+    fig = Figure(figsize=(4.2 * len(noises), 3.6))
+    for i, noise in enumerate(noises):
+        ax = fig.add_subplot(1, len(noises), i + 1)
+        for label in dict.fromkeys(r["estimator"] for r in rows):
+            pts = sorted((r["measurement_time_s"], r["test_error"]) for r in rows
+                         if r["noise"] == noise and r["estimator"] == label)
+            ax.plot([1e6 * t for t, _ in pts], [100 * e for _, e in pts], "o-", label=label)
+        ax.axhline(100 * baseline, color="grey", ls="--", lw=1, label="ideal circuit")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("measurement time per EP step (µs)")
+        ax.set_ylabel("MNIST test error (%)")
+        ax.set_title(noise)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def fine_tune(base: Config, noise: dict, readout: dict, window: float, est, beta: float, subset: int, data,
+              device: str) -> tuple[float, float]:
+    """Test error and mean measurement time per step (s) after in-the-loop fine-tuning."""
+    t = base.train
+    cfg = base.updated(
+        data=dict(train_subset=subset),
+        train=dict(epochs=1, init_from=str(CHECKPOINT), estimator=est.kind, lockin_periods=est.periods,
+                   lockin_points=est.points, beta=beta, lr=list(t.lr), lr_decay=1.0),
+        device=dict(preset="reram", in_the_loop=True, seed=0, **noise, **readout, read_window=window))
+    trainer = Trainer(cfg, device=device, data=data)
+    trainer.fit(progress=False, loggers=())
+    return trainer.error(data.x_test, data.y_test), trainer.history[-1].measurement_time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    ap.add_argument("--train-subset", type=int, default=10_000, help="training images of in-the-loop EP per run")
+    ap.add_argument("--beta", type=float, default=2e-4, help="nudge conductance of ep and cds, S (centred)")
+    ap.add_argument("--lockin-beta", type=float, default=4e-4, help="amplitude of the lock-in's nudge, S")
+    add_devices_option(ap, loops=False)
+    ap.add_argument("--plot-only", action="store_true", help="redraw the figure from the JSON of the last run")
+    args = ap.parse_args()
+    device = parse_devices(ap, args.devices, loops=False)[0]
+    out = ROOT / "benchmarks/results/noisy_training.json"
+    _, state = read_checkpoint(CHECKPOINT)
+    baseline = float(json.loads((ROOT / "tests/pretrained_subset.json").read_text())[
+        "examples/pretrained/mnist_xs/checkpoint.pt"]["full"])
+    if args.plot_only:
+        pareto_figure(json.loads(out.read_text())["rows"], baseline).savefig(out.with_suffix(".png"), dpi=120)
+        return
+    base = Config.from_dict(state["config"])
+    data = load_dataset("mnist")
+    rows = []
+    for noise, overrides in NOISE.items():
+        windows = (DEFAULT_WINDOW,) if noise == NOISELESS else WINDOWS[:2]
+        for (label, est, readout), window in ((e, w) for e in ESTIMATORS for w in windows):
+            beta = args.lockin_beta if est.kind == "lockin" else args.beta
+            err, per_step = fine_tune(base, overrides, readout, window, est, beta, args.train_subset, data, device)
+            row = dict(noise=noise, estimator=label, read_window_s=window, beta_S=beta, test_error=err,
+                       measurement_time_s=per_step, default_budget=window == DEFAULT_WINDOW)
+            rows.append(row)
+            print(f"{noise:>13s} | {label:<22s} | {1e6 * window:6.0f} µs | test error {100 * err:6.2f} % | "
+                  f"{1e6 * per_step:8.1f} µs/step", flush=True)
+            out.write_text(json.dumps(dict(rows=rows, partial=True), indent=1))  # nothing lost if stopped
+    best = min((r for r in rows if r["noise"] == "reram"), key=lambda r: r["test_error"])
+    result = dict(circuit="XS 2x784-100-10 (examples/pretrained/mnist_xs), fine-tuned in the loop on the reram preset",
+                  start=str(CHECKPOINT.relative_to(ROOT)), ideal_test_error=baseline, train_subset=args.train_subset,
+                  lr=list(base.train.lr), beta=args.beta, lockin_beta=args.lockin_beta, realisations=1, rows=rows,
+                  best_test_error=best["test_error"], best_estimator=best["estimator"],
+                  best_measurement_time_s=best["measurement_time_s"])
+    out.write_text(json.dumps(result, indent=1))
+    pareto_figure(rows, baseline).savefig(out.with_suffix(".png"), dpi=120)
+    print(f"wrote {out}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(dict(best_test_error=best["test_error"], best_estimator=best["estimator"],
+                              measurement_time_s=best["measurement_time_s"])))
+
+
+if __name__ == "__main__":
+    main()
