@@ -80,6 +80,33 @@ def test_update_noise_asymmetry_soft_bounds_and_spread():
     torch.testing.assert_close(gain, again)
 
 
+def test_mixed_precision_writes_whole_thresholds_and_keeps_the_rest():
+    """update_threshold ε (here 1 % of g_max = 1e-6 S): changes below ε accumulate without a
+    write, even on a noisy, asymmetric device; a sum past ε writes n·ε (n rounded towards
+    zero) and the accumulator keeps the remainder, to float64 rounding (1e-18 S); the
+    accumulators resume from a state_dict, and a state without them is refused."""
+    k, eps = "g:w1p", 1e-6
+    arr = big_array(update_threshold=0.01)
+    g0 = torch.full((784, 64), 5e-5, dtype=torch.float64)
+    g = g0
+    for _ in range(2):
+        g = arr.update(k, g, g + 0.4 * eps)
+        assert torch.equal(g, g0)
+    g = arr.update(k, g, g + 0.4 * eps)
+    torch.testing.assert_close(g, g0 + eps, rtol=0, atol=1e-18)
+    torch.testing.assert_close(arr.accumulator[k], torch.full_like(g, 0.2 * eps), rtol=0, atol=1e-18)
+    g = arr.update(k, g, g - 1.5 * eps)  # χ = -1.3 ε: one threshold down, -0.3 ε kept
+    torch.testing.assert_close(g, g0, rtol=0, atol=1e-18)
+    torch.testing.assert_close(arr.accumulator[k], torch.full_like(g, -0.3 * eps), rtol=0, atol=1e-18)
+    again = big_array(update_threshold=0.01)
+    again.load_state_dict(arr.state_dict())
+    assert torch.equal(again.accumulator[k], arr.accumulator[k])
+    with pytest.raises(ValueError, match="mixed precision"):
+        big_array().load_state_dict(arr.state_dict())
+    noisy = big_array(update_threshold=0.01, update_noise=0.5, asymmetry=0.5)
+    assert torch.equal(noisy.update(k, g0, g0 + 0.9 * eps), g0)  # no write, so no write noise
+
+
 def test_on_off_ratio_and_faults():
     arr = big_array(on_off=20, stuck_min=0.05, stuck_max=0.03, open=0.02)
     g = arr.program("g:w1p", torch.full((784, 64), 0.5 * G_MAX, dtype=torch.float64))
@@ -175,7 +202,7 @@ def test_finite_settling_stops_after_the_given_sweeps():
 
 
 # every field, a non-ideal level: (value, whether it matters for a step from g_init on digits)
-LEVELS = dict(on_off=20.0, levels=32, stochastic_rounding=True, write_noise=0.01, write_noise_state=0.02, update_noise=0.3, asymmetry=0.3,
+LEVELS = dict(on_off=20.0, levels=32, update_threshold=0.05, stochastic_rounding=True, write_noise=0.01, write_noise_state=0.02, update_noise=0.3, asymmetry=0.3,
               soft_bounds=True, d2d=0.2, read_noise=0.02, drift_nu=0.05, stuck_min=0.05, stuck_max=0.05, open=0.05,
               diode_is_spread=0.3, diode_n_spread=0.05, amp_gain_error=0.05, amp_offset=0.01, johnson_capacitance=1e-16,
               adc_bits=6, settle_sweeps=1, read_noise_model="process", white_noise=0.02, flicker_noise=0.01,

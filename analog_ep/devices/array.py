@@ -9,8 +9,8 @@ fixed draws) and a clock ``time`` (s): the EP estimators reserve each step's tim
 ``schedule(phases)`` (a ``StepTimeline``), ask for the circuit each phase's reads see with
 ``view(window=phase.windows)``, and read voltages through ``measure(s)`` or, for a free/nudged
 pair, ``read_pair(s_free, s_nudged)`` (correlated double sampling when the model has ``cds``).
-``state_dict()`` / ``load_state_dict()`` cover the generator, the clock and the process, for
-exact resume.
+``state_dict()`` / ``load_state_dict()`` cover the generator, the clock, the process and the
+mixed-precision accumulators, for exact resume.
 """
 from __future__ import annotations
 
@@ -40,6 +40,9 @@ class DeviceArray:
         m, shape = model, lambda k: cc.params[k].shape
         self.step_gain = {k: (1 + m.d2d * self.randn(shape(k))).clamp_min(0) for k in self.keys} if m.d2d else {}
         self.faults = {k: self._draw_faults(shape(k)) for k in self.keys} if m.stuck_min + m.stuck_max + m.open else {}
+        # mixed precision: the change each device was asked for and has not been written yet, S
+        self.accumulator = ({k: torch.zeros(shape(k), dtype=cc.dtype, device=cc.device) for k in self.keys}
+                            if m.update_threshold else {})
         self.nu = ({k: m.drift_nu + m.drift_nu_std * self.randn(shape(k)) for k in self.keys}
                    if m.drift_nu and m.drift_time > m.drift_t0 else {})
         static = {}
@@ -110,6 +113,8 @@ class DeviceArray:
         steps (when quantised) with cycle-to-cycle noise, up/down asymmetry, soft bounds and
         each device's own step size."""
         m = self.model
+        if m.update_threshold:
+            proposed = self._accumulate(key, g.detach(), proposed.detach())
         if self.ideal_updates:
             return self._settle_faults(key, proposed.detach().clamp(self.g_min, self.g_max))
         g = g.detach()
@@ -136,6 +141,19 @@ class DeviceArray:
         if key in self.step_gain:
             dg = dg * self.step_gain[key]
         return self._settle_faults(key, (g + dg).clamp(self.g_min, self.g_max))
+
+    def _accumulate(self, key: str, g: torch.Tensor, proposed: torch.Tensor) -> torch.Tensor:
+        """Mixed-precision updates (Nandakumar et al., "Mixed-precision deep learning based on
+        computational memory", Front. Neurosci. 14, 406 (2020)): the proposed change joins the
+        device's digital accumulator χ (S); the device is asked to move by n·ε, n = χ/ε rounded
+        towards zero (ε = ``update_threshold``·g_max), and χ keeps the rest. Changes smaller
+        than ε (noise, mostly) add up or cancel in χ instead of each costing a noisy,
+        asymmetric write. Returns the conductances the device is asked for."""
+        eps = self.model.update_threshold * self.g_max
+        chi = self.accumulator[key] + (proposed - g)
+        n = torch.trunc(chi / eps)
+        self.accumulator[key] = chi - n * eps
+        return g + n * eps
 
     # ------------------------------------------------------------------ reading
     @property
@@ -297,10 +315,12 @@ class DeviceArray:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """The generator, the clock and the noise process: what exact resume needs besides the
-        conductances (the fixed draws are re-made from the seed)."""
+        """The generator, the clock, the noise process and the mixed-precision accumulators:
+        what exact resume needs besides the conductances (the fixed draws are re-made from the
+        seed)."""
         return dict(gen=self.gen.get_state(), time=self.time,
-                    noise=None if self.noise is None else self.noise.state_dict())
+                    noise=None if self.noise is None else self.noise.state_dict(),
+                    accumulator={k: v.clone() for k, v in self.accumulator.items()})
 
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
@@ -309,3 +329,6 @@ class DeviceArray:
             raise ValueError("device array: the saved state's read-noise model differs from this one")
         if self.noise is not None:
             self.noise.load_state_dict(state["noise"])
+        if set(state.get("accumulator", {})) != set(self.accumulator):
+            raise ValueError("device array: the saved state's update threshold (mixed precision) differs from this one")
+        self.accumulator = {k: v.to(self.cc.device, self.cc.dtype) for k, v in state.get("accumulator", {}).items()}

@@ -46,6 +46,8 @@ class DeviceModel:
     asymmetry: float = 0.0  # potentiation steps × (1 + a), depression steps × (1 − a)
     soft_bounds: bool = False  # steps shrink near the bound they move towards
     d2d: float = 0.0  # device-to-device σ of each device's step size, relative (drawn once)
+    update_threshold: float = 0.0  # mixed precision: proposed changes accumulate digitally per device and are
+    #   written in whole multiples of this threshold, fraction of g_max (0: every proposal is written; DeviceArray.update)
     # reading
     read_noise_model: str = "per_settle"  # "per_settle" (read_noise) or "process" (the fields below)
     read_noise: float = 0.0  # per_settle: σ of the conductance each settle sees, fraction of g (redrawn per settle)
