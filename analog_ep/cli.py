@@ -355,8 +355,8 @@ def compare(
 
 
 def _device_settings(settings: list[str], option: str = "--device-set") -> dict:
-    """KEY=VALUE model overrides given with ``option`` on the command line (TOML values: 0.01,
-    64, true, inf)."""
+    """KEY=VALUE overrides given with ``option`` on the command line (TOML values: 0.01, 64,
+    true, inf, "process")."""
     import tomllib
 
     extra = {}
@@ -367,7 +367,7 @@ def _device_settings(settings: list[str], option: str = "--device-set") -> dict:
         try:
             extra[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError:
-            _fail(f"{option} {item!r}: the value must be a number or true/false")
+            _fail(f"{option} {item!r}: the value must be a number, true/false or a quoted string")
     return extra
 
 
@@ -505,6 +505,10 @@ def sweep(
                                                     "per level (default: --realisations)."),
     train_subset: Optional[int] = typer.Option(None, help="Train in the loop on the first N training images."),
     test_subset: Optional[int] = typer.Option(None, help="Evaluate on the first N test images."),
+    device_set: list[str] = typer.Option([], help="Device model field KEY=VALUE for every level, on top of --preset "
+                                         "(repeatable; strings quoted: 'read_noise_model=\"process\"')."),
+    train_set: list[str] = typer.Option([], help="[train] setting KEY=VALUE for the in-the-loop fine-tuning "
+                                        "(repeatable), e.g. 'estimator=\"cds\"' beta=2e-4."),
     out: Path = typer.Option(Path("runs/sweep"), help="Directory for sweep.csv/json/md/png."),
     torch_device: Optional[str] = _torch_device_option(),
     device: Optional[str] = _device_alias_option(),
@@ -518,11 +522,12 @@ def sweep(
         _fail("--realisations and --loop-realisations must be >= 1")
     levels = parse_vary(vary)
     show = lambda r: echo(f"{r.field}={r.level:g} {r.mode}: {100 * r.error_mean:.2f} ± {100 * r.error_std:.2f} %")
+    settings, train = _device_settings(device_set), _device_settings(train_set, "--train-set")
     rows = run_sweep(checkpoint, levels, preset=preset, realisations=realisations, loop_epochs=loop_epochs,
                      loop_realisations=loop_realisations, train_subset=train_subset, test_subset=test_subset,
-                     on_row=show, progress=True, device=device)
-    meta = dict(checkpoint=str(checkpoint), preset=preset, realisations=realisations, loop_epochs=loop_epochs,
-                loop_realisations=loop_realisations or realisations,
+                     settings=settings, train=train, on_row=show, progress=True, device=device)
+    meta = dict(checkpoint=str(checkpoint), preset=preset, device_settings=settings, train_settings=train,
+                realisations=realisations, loop_epochs=loop_epochs, loop_realisations=loop_realisations or realisations,
                 train_subset=train_subset, test_subset=test_subset, command=" ".join(sys.argv))
     paths = write_sweep(rows, out, meta)
     typer.echo(paths["md"].read_text())

@@ -29,8 +29,8 @@ import sys
 from pathlib import Path
 
 from analog_ep.data import load_dataset
-from analog_ep.train import Trainer, read_checkpoint
-from analog_ep.train.config import Config
+from analog_ep.studies.sweep import fine_tune
+from analog_ep.train import read_checkpoint
 from noisy_gradient import DEFAULT_WINDOW, ESTIMATORS, NOISE, NOISELESS, WINDOWS
 from torch_devices import add_devices_option, parse_devices
 
@@ -63,20 +63,6 @@ def pareto_figure(rows: list[dict], baseline: float):
     return fig
 
 
-def fine_tune(base: Config, noise: dict, readout: dict, window: float, est, beta: float, subset: int, data,
-              device: str) -> tuple[float, float]:
-    """Test error and mean measurement time per step (s) after in-the-loop fine-tuning."""
-    t = base.train
-    cfg = base.updated(
-        data=dict(train_subset=subset),
-        train=dict(epochs=1, init_from=str(CHECKPOINT), estimator=est.kind, lockin_periods=est.periods,
-                   lockin_points=est.points, beta=beta, lr=list(t.lr), lr_decay=1.0),
-        device=dict(preset="reram", in_the_loop=True, seed=0, **noise, **readout, read_window=window))
-    trainer = Trainer(cfg, device=device, data=data)
-    trainer.fit(progress=False, loggers=())
-    return trainer.error(data.x_test, data.y_test), trainer.history[-1].measurement_time
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
@@ -94,14 +80,16 @@ def main() -> None:
     if args.plot_only:
         pareto_figure(json.loads(out.read_text())["rows"], baseline).savefig(out.with_suffix(".png"), dpi=120)
         return
-    base = Config.from_dict(state["config"])
     data = load_dataset("mnist")
     rows = []
     for noise, overrides in NOISE.items():
         windows = (DEFAULT_WINDOW,) if noise == NOISELESS else WINDOWS[:2]
         for (label, est, readout), window in ((e, w) for e in ESTIMATORS for w in windows):
             beta = args.lockin_beta if est.kind == "lockin" else args.beta
-            err, per_step = fine_tune(base, overrides, readout, window, est, beta, args.train_subset, data, device)
+            tuned = fine_tune(CHECKPOINT, preset="reram", settings=dict(overrides, **readout, read_window=window),
+                              train=dict(estimator=est.kind, lockin_periods=est.periods, lockin_points=est.points,
+                                         beta=beta), train_subset=args.train_subset, data=data, device=device)
+            err, per_step = tuned.error(data.x_test, data.y_test), tuned.history[-1].measurement_time
             row = dict(noise=noise, estimator=label, read_window_s=window, beta_S=beta, test_error=err,
                        measurement_time_s=per_step, default_budget=window == DEFAULT_WINDOW)
             rows.append(row)
@@ -111,7 +99,7 @@ def main() -> None:
     best = min((r for r in rows if r["noise"] == "reram"), key=lambda r: r["test_error"])
     result = dict(circuit="XS 2x784-100-10 (examples/pretrained/mnist_xs), fine-tuned in the loop on the reram preset",
                   start=str(CHECKPOINT.relative_to(ROOT)), ideal_test_error=baseline, train_subset=args.train_subset,
-                  lr=list(base.train.lr), beta=args.beta, lockin_beta=args.lockin_beta, realisations=1, rows=rows,
+                  lr=state["config"]["train"]["lr"], beta=args.beta, lockin_beta=args.lockin_beta, realisations=1, rows=rows,
                   best_test_error=best["test_error"], best_estimator=best["estimator"],
                   best_measurement_time_s=best["measurement_time_s"])
     out.write_text(json.dumps(result, indent=1))

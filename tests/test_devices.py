@@ -337,3 +337,33 @@ def test_sweep_writes_table_and_plot(tmp_path):
     assert "| read_noise | 0.2 |" in (tmp_path / "sweep" / "sweep.md").read_text()
     bad = CliRunner().invoke(app, ["sweep", "--checkpoint", str(tmp_path / "ckpt"), "--vary", "read_noise"])
     assert bad.exit_code == 2 and "FIELD=" in bad.stderr
+    bad = CliRunner().invoke(app, ["sweep", "--checkpoint", str(tmp_path / "ckpt"), "--vary", "levels=8",
+                                   "--train-set", "colour=1", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "[train] colour: unknown setting" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_sweep_fine_tunes_with_the_given_device_and_train_settings(tmp_path):
+    """--device-set applies to every level (on top of the preset), --train-set to the
+    in-the-loop fine-tuning, which starts from the checkpoint's conductances programmed into
+    the devices; both are in sweep.json's meta."""
+    from typer.testing import CliRunner
+
+    from analog_ep.cli import app
+    from analog_ep.studies.sweep import fine_tune
+
+    tr = tiny()
+    tr.out = tmp_path / "ckpt"
+    tr.fit(epochs=1, progress=False)
+    tuned = fine_tune(tmp_path / "ckpt", settings=dict(read_noise_model="process", white_noise=0.01, cds=True),
+                      train=dict(estimator="cds", beta=1e-4), epochs=1, train_subset=64, data=DIGITS)
+    m = tuned.model
+    assert m.estimator.kind == "cds" and m.beta == 1e-4 and m.devices.model.cds and m.devices.model.white_noise == 0.01
+    assert tuned.epoch == 1 and tuned.history[-1].measurement_time > 0
+    res = CliRunner().invoke(app, ["sweep", "--checkpoint", str(tmp_path / "ckpt"), "--vary", "white_noise=0.01",
+                                   "--device-set", 'read_noise_model="process"', "--device-set", "cds=true",
+                                   "--train-set", 'estimator="cds"', "--train-set", "beta=1e-4", "--realisations", "1",
+                                   "--train-subset", "64", "--out", str(tmp_path / "sweep")])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["meta"]
+    assert meta["device_settings"] == {"read_noise_model": "process", "cds": True}
+    assert meta["train_settings"] == {"estimator": "cds", "beta": 1e-4}

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..devices import DeviceModel
 from ..models import AnalogCircuit
-from ..train import Trainer, load_checkpoint
+from ..train import Config, Trainer, load_checkpoint, read_checkpoint
 from ..train.files import atomic_write, write_text
 from ..train.progress import progress_bar
 from .plots import save, sweep_plot
@@ -84,24 +84,46 @@ def _as_field(model: DeviceModel, field: str, level: float):
     return int(level) if isinstance(getattr(model, field), int) and not isinstance(getattr(model, field), bool) else level
 
 
+def fine_tune(checkpoint: str | Path, *, preset: str = "ideal", settings: dict | None = None, seed: int = 0,
+              epochs: int = 1, train_subset: int | None = None, train: dict | None = None, data=None,
+              device: str = "cpu") -> Trainer:
+    """In-the-loop fine-tuning: a new run of the checkpoint's config starting from its
+    conductances (``[train] init_from``), programmed into a realisation (``seed``) of the
+    device ``preset`` with ``settings`` replacing its fields, trained ``epochs`` epochs on the
+    first ``train_subset`` training images; ``train`` replaces ``[train]`` settings (e.g. the
+    estimator and β), checked as a config file's. Returns the trainer, writing nothing."""
+    cfg = Config.from_stored(read_checkpoint(checkpoint)[1]["config"]).updated(
+        data=dict(train_subset=train_subset),
+        train=dict(epochs=epochs, init_from=str(checkpoint), **(train or {})),
+        device=dict(preset=preset, in_the_loop=True, seed=seed, **(settings or {})))
+    trainer = Trainer(cfg, device=device, data=data)
+    trainer.fit(progress=False, loggers=())
+    return trainer
+
+
 def run_sweep(checkpoint: str | Path, vary: dict[str, list[float]], *, preset: str = "ideal", realisations: int = 5,
               loop_epochs: int = 1, loop_realisations: int | None = None, train_subset: int | None = None,
-              test_subset: int | None = None, seed: int = 0, on_row: Callable[[SweepRow], None] | None = None,
-              progress: bool = False, device: str = "cpu") -> list[SweepRow]:
-    """One row per (field, level, mode). ``preset`` is the base the varied field replaces;
-    ``loop_epochs=0`` skips in-the-loop training, which uses ``loop_realisations`` devices
-    (default: ``realisations``). ``on_row`` is called with each row as it is done;
-    ``progress``: a bar over the realisations (each evaluated, or fine-tuned and evaluated) on a
-    terminal."""
-    base = DeviceModel.build(preset)
-    models = {(f, lv): DeviceModel.build(preset, **{f: _as_field(base, f, lv)}) for f, levels in vary.items()
-              for lv in levels}  # validate everything before spending time
+              test_subset: int | None = None, seed: int = 0, settings: dict | None = None, train: dict | None = None,
+              on_row: Callable[[SweepRow], None] | None = None, progress: bool = False,
+              device: str = "cpu") -> list[SweepRow]:
+    """One row per (field, level, mode). ``preset`` with ``settings`` (DeviceModel fields) is
+    the base the varied field replaces; ``loop_epochs=0`` skips in-the-loop training
+    (:func:`fine_tune`, with ``train`` replacing the checkpoint's ``[train]`` settings), which
+    uses ``loop_realisations`` devices (default: ``realisations``). ``on_row`` is called with
+    each row as it is done; ``progress``: a bar over the realisations (each evaluated, or
+    fine-tuned and evaluated) on a terminal."""
+    settings = dict(settings or {})
+    base = DeviceModel.build(preset, **settings)
+    fields = {(f, lv): {**settings, f: _as_field(base, f, lv)} for f, levels in vary.items() for lv in levels}
+    models = {key: DeviceModel.build(preset, **kw) for key, kw in fields.items()}  # validate everything before spending time
     ref = load_checkpoint(checkpoint, device=device)
     ref.out = None
     d = ref.data
     n = len(d.y_test) if test_subset is None else min(test_subset, len(d.y_test))
     x, y = d.x_test[:n], d.y_test[:n]
     n_loop = (realisations if loop_realisations is None else loop_realisations) if loop_epochs > 0 else 0
+    if n_loop:
+        ref.cfg.updated(train=dict(train or {}))  # a bad [train] setting fails here, before any work
     rows = []
 
     def add(row: SweepRow) -> None:
@@ -122,11 +144,8 @@ def run_sweep(checkpoint: str | Path, vary: dict[str, list[float]], *, preset: s
             errors = []
             for r in range(n_loop):
                 bar.set_postfix_str(f"{field}={level:g} in-the-loop {r + 1}/{n_loop}")
-                tuned = load_checkpoint(checkpoint, device=device, data=d)
-                tuned.out = None
-                tuned.cfg.data.train_subset = train_subset
-                tuned.model.attach_devices(model, seed + r)
-                tuned.fit(epochs=tuned.epoch + loop_epochs, progress=False, loggers=())
+                tuned = fine_tune(checkpoint, preset=preset, settings=fields[field, level], seed=seed + r,
+                                  epochs=loop_epochs, train_subset=train_subset, train=train, data=d, device=device)
                 errors.append(tuned.error(x, y))
                 bar.update(1)
             add(SweepRow(field, level, "in-the-loop", float(np.mean(errors)), float(np.std(errors)), errors))
