@@ -39,21 +39,22 @@ CHECKPOINT = ROOT / "examples/pretrained/mnist_xs/checkpoint.pt"
 
 
 def pareto_figure(rows: list[dict], baseline: float):
-    """Test error against measurement time per EP step (log x), one panel per noise model and
+    """Test error against measurement time per EP step (log x, shared), one panel per noise model and
     one line per estimator (its points: the read windows); the ideal circuit's error dashed."""
     from matplotlib.figure import Figure
 
     noises = list(dict.fromkeys(r["noise"] for r in rows))
     fig = Figure(figsize=(4.2 * len(noises), 3.6))
+    top = 100 * max(r["test_error"] for r in rows) * 1.15
     for i, noise in enumerate(noises):
-        ax = fig.add_subplot(1, len(noises), i + 1)
+        ax = fig.add_subplot(1, len(noises), i + 1, sharex=fig.axes[0] if fig.axes else None)
         for label in dict.fromkeys(r["estimator"] for r in rows):
             pts = sorted((r["measurement_time_s"], r["test_error"]) for r in rows
                          if r["noise"] == noise and r["estimator"] == label)
             ax.plot([1e6 * t for t, _ in pts], [100 * e for _, e in pts], "o-", label=label)
         ax.axhline(100 * baseline, color="grey", ls="--", lw=1, label="ideal circuit")
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set_ylim(0, top)
         ax.set_xlabel("measurement time per EP step (µs)")
         ax.set_ylabel("MNIST test error (%)")
         ax.set_title(noise)
