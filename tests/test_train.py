@@ -19,7 +19,7 @@ from analog_ep.devices import DeviceArray, DeviceModel
 from analog_ep.devices.array import STUCK_MAX
 from analog_ep.train import Config, Trainer, TrainingError, load_checkpoint
 from analog_ep.train.trainer import Metrics
-from tests.conftest import tiny_toml
+from tests.conftest import ROOT, tiny_toml
 
 runner = CliRunner()
 DIGITS = load_dataset("digits")
@@ -372,3 +372,17 @@ def test_val_size_moves_the_other_validation_images_into_training():
     assert len(Trainer(tiny_config().updated(data=dict(val_size=100)), data=DIGITS).data.y_train) == 1397
     with pytest.raises(ValueError, match="val_size"):
         DIGITS.with_val_size(301)
+
+
+SHIPPED_CONFIGS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("examples/*.toml"),
+                                                             *ROOT.glob("examples/pretrained/*/config*.toml")])
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS)
+def test_shipped_configs_load_and_name_existing_checkpoints(path):
+    """Every config in examples/ (and the copies beside the pretrained checkpoints) passes the
+    config checks, and a fine-tuning config's init_from (relative to the repository root,
+    where the README's commands run) exists."""
+    cfg = Config.load(ROOT / path)
+    if cfg.train.init_from is not None:
+        assert (ROOT / cfg.train.init_from).exists(), cfg.train.init_from
