@@ -4,6 +4,8 @@ parity and GDU processes. Each function draws on ``ax`` (or a new figure) and re
 theirs. The caller saves it (``fig.savefig(path)``)."""
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import torch
@@ -56,10 +58,13 @@ def conductance_histogram(params: dict, g_max: float) -> Figure:
 
 
 def sweep_plot(rows) -> Figure:
-    """Test error vs level, one panel per non-ideality, deploy-only and in-the-loop lines."""
+    """Test error vs level, one panel per non-ideality (four to a row), deploy-only and
+    in-the-loop lines."""
     fields = list(dict.fromkeys(r.field for r in rows))
-    fig = Figure(figsize=(3.2 * len(fields), 3.0))
-    axes = [fig.add_subplot(1, len(fields), i + 1) for i in range(len(fields))]
+    cols = min(4, len(fields))
+    grid = (math.ceil(len(fields) / cols), cols)
+    fig = Figure(figsize=(3.2 * cols, 3.0 * grid[0]))
+    axes = [fig.add_subplot(*grid, i + 1) for i in range(len(fields))]
     for ax, field in zip(axes, fields):
         for mode, marker in (("deploy-only", "o-"), ("in-the-loop", "s--")):
             pts = [r for r in rows if r.field == field and r.mode == mode]
@@ -69,8 +74,7 @@ def sweep_plot(rows) -> Figure:
         ax.set_title(field, fontsize=9)
         ax.set_xlabel("level", fontsize=8)
         ax.set_ylabel("test error (%)", fontsize=8)
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
     return fig
