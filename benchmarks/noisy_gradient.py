@@ -63,28 +63,40 @@ ESTIMATORS += [(f"cds centred, {r} reads", Estimator("cds"), dict(READOUT, read_
 ESTIMATORS += [(f"lock-in, {k} periods", Estimator("lockin", periods=k, points=4), READOUT) for k in (4, 16)]
 
 
-def pareto_figure(rows: list[dict]):
-    """1 − cosine against measurement time per EP step (log-log), one panel per noise model and
-    one line per estimator (its points: the read windows)."""
+def pareto_panels(rows: list[dict], noises: list[str], value, ylabel: str, *, log_y: bool = True,
+                  ylim: tuple[float, float] | None = None, reference: tuple[float, str] | None = None):
+    """``value(row)`` against the measurement time per EP step (µs, log, shared), one panel per
+    noise model and one line per estimator (its points: the read windows); ``reference``: a
+    dashed horizontal line (value, label)."""
     from matplotlib.figure import Figure
 
-    noises = [n for n in dict.fromkeys(r["noise"] for r in rows) if n != NOISELESS]
     fig = Figure(figsize=(4.2 * len(noises), 3.6))
     for i, noise in enumerate(noises):
-        ax = fig.add_subplot(1, len(noises), i + 1)
+        ax = fig.add_subplot(1, len(noises), i + 1, sharex=fig.axes[0] if fig.axes else None)
         for label in dict.fromkeys(r["estimator"] for r in rows):
-            pts = sorted((r["measurement_time_s"], 1 - r["cosine"]) for r in rows if r["noise"] == noise
+            pts = sorted((r["measurement_time_s"], value(r)) for r in rows if r["noise"] == noise
                          and r["estimator"] == label)
-            ax.plot([1e6 * t for t, _ in pts], [e for _, e in pts], "o-", label=label)
+            ax.plot([1e6 * t for t, _ in pts], [v for _, v in pts], "o-", label=label)
+        if reference is not None:
+            ax.axhline(reference[0], color="grey", ls="--", lw=1, label=reference[1])
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.set_xlabel("measurement time per EP step (µs)")
-        ax.set_ylabel("1 − cosine with the exact gradient")
+        ax.set_ylabel(ylabel)
         ax.set_title(noise)
         ax.grid(True, which="both", alpha=0.3)
     fig.axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def pareto_figure(rows: list[dict]):
+    """1 − cosine against measurement time per EP step (log-log), per noise model and estimator."""
+    noises = [n for n in dict.fromkeys(r["noise"] for r in rows) if n != NOISELESS]
+    return pareto_panels(rows, noises, lambda r: 1 - r["cosine"], "1 − cosine with the exact gradient")
 
 
 def flat(g: dict) -> torch.Tensor:
@@ -147,12 +159,18 @@ def main() -> None:
                   lockin_beta=args.lockin_beta,
                   repeats=args.repeats, readout_assumption=READOUT, reference="equilibrium_gradient, float64",
                   rows=rows, best_cosine=best["cosine"], best_estimator=best["estimator"])
+    write_result(out, result, pareto_figure(rows), dict(best_cosine=best["cosine"], best_estimator=best["estimator"],
+                                                        measurement_time_s=best["measurement_time_s"]), args.json)
+
+
+def write_result(out: Path, result: dict, fig, summary: dict, last_line: bool) -> None:
+    """The benchmark's JSON at ``out`` and its figure beside it (.png); ``summary`` as one JSON
+    line on stdout with ``last_line`` (--json)."""
     out.write_text(json.dumps(result, indent=1))
-    pareto_figure(rows).savefig(out.with_suffix(".png"), dpi=120)
+    fig.savefig(out.with_suffix(".png"), dpi=120)
     print(f"wrote {out}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(dict(best_cosine=best["cosine"], best_estimator=best["estimator"],
-                              measurement_time_s=best["measurement_time_s"])))
+    if last_line:
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":

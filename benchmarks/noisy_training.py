@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from analog_ep.data import load_dataset
 from analog_ep.studies.sweep import fine_tune
 from analog_ep.train import read_checkpoint
-from noisy_gradient import DEFAULT_WINDOW, ESTIMATORS, NOISE, NOISELESS, WINDOWS
+from noisy_gradient import DEFAULT_WINDOW, ESTIMATORS, NOISE, NOISELESS, WINDOWS, pareto_panels, write_result
 from torch_devices import add_devices_option, parse_devices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,29 +38,12 @@ CHECKPOINT = ROOT / "examples/pretrained/mnist_xs/checkpoint.pt"
 
 
 def pareto_figure(rows: list[dict], baseline: float):
-    """Test error against measurement time per EP step (log x, shared), one panel per noise model and
+    """Test error against measurement time per EP step (log x), one panel per noise model and
     one line per estimator (its points: the read windows); the ideal circuit's error dashed."""
-    from matplotlib.figure import Figure
-
-    noises = list(dict.fromkeys(r["noise"] for r in rows))
-    fig = Figure(figsize=(4.2 * len(noises), 3.6))
     top = 100 * max(r["test_error"] for r in rows) * 1.15
-    for i, noise in enumerate(noises):
-        ax = fig.add_subplot(1, len(noises), i + 1, sharex=fig.axes[0] if fig.axes else None)
-        for label in dict.fromkeys(r["estimator"] for r in rows):
-            pts = sorted((r["measurement_time_s"], r["test_error"]) for r in rows
-                         if r["noise"] == noise and r["estimator"] == label)
-            ax.plot([1e6 * t for t, _ in pts], [100 * e for _, e in pts], "o-", label=label)
-        ax.axhline(100 * baseline, color="grey", ls="--", lw=1, label="ideal circuit")
-        ax.set_xscale("log")
-        ax.set_ylim(0, top)
-        ax.set_xlabel("measurement time per EP step (µs)")
-        ax.set_ylabel("MNIST test error (%)")
-        ax.set_title(noise)
-        ax.grid(True, which="both", alpha=0.3)
-    fig.axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return pareto_panels(rows, list(dict.fromkeys(r["noise"] for r in rows)), lambda r: 100 * r["test_error"],
+                         "MNIST test error (%)", log_y=False, ylim=(0, top),
+                         reference=(100 * baseline, "ideal circuit"))
 
 
 def main() -> None:
@@ -103,12 +85,9 @@ def main() -> None:
                   lr=state["config"]["train"]["lr"], beta=args.beta, lockin_beta=args.lockin_beta, realisations=1, rows=rows,
                   best_test_error=best["test_error"], best_estimator=best["estimator"],
                   best_measurement_time_s=best["measurement_time_s"])
-    out.write_text(json.dumps(result, indent=1))
-    pareto_figure(rows, baseline).savefig(out.with_suffix(".png"), dpi=120)
-    print(f"wrote {out}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(dict(best_test_error=best["test_error"], best_estimator=best["estimator"],
-                              measurement_time_s=best["measurement_time_s"])))
+    write_result(out, result, pareto_figure(rows, baseline), dict(
+        best_test_error=best["test_error"], best_estimator=best["estimator"],
+        measurement_time_s=best["measurement_time_s"]), args.json)
 
 
 if __name__ == "__main__":
