@@ -382,7 +382,11 @@ SHIPPED_CONFIGS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("examples
 def test_shipped_configs_load_and_name_existing_checkpoints(path):
     """Every config in examples/ (and the copies beside the pretrained checkpoints) passes the
     config checks, and a fine-tuning config's init_from (relative to the repository root,
-    where the README's commands run) exists."""
+    where the README's commands run) is a shipped file, or the run directory another shipped
+    config's run writes (runs/<name>: a chain of fine-tuning runs)."""
     cfg = Config.load(ROOT / path)
-    if cfg.train.init_from is not None:
-        assert (ROOT / cfg.train.init_from).exists(), cfg.train.init_from
+    source = cfg.train.init_from
+    if source is not None and source.startswith("runs/"):
+        assert source.split("/")[1] in {Config.load(ROOT / p).name for p in SHIPPED_CONFIGS}, source
+    elif source is not None:
+        assert (ROOT / source).exists(), source
