@@ -277,8 +277,8 @@ def test_device_config_errors():
 def test_in_the_loop_training_resumes_exactly(tmp_path):
     from analog_ep.train import load_checkpoint
 
-    def run(out, epochs):
-        tr = tiny(dict(preset="reram"))
+    def run(out, epochs):  # mixed precision too: its accumulators are part of the devices' state
+        tr = tiny(dict(preset="reram", update_threshold=0.005))
         tr.out = out
         tr.fit(epochs=epochs, progress=False)
         return tr
