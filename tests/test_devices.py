@@ -359,6 +359,11 @@ def test_sweep_fine_tunes_with_the_given_device_and_train_settings(tmp_path):
     m = tuned.model
     assert m.estimator.kind == "cds" and m.beta == 1e-4 and m.devices.model.cds and m.devices.model.white_noise == 0.01
     assert tuned.epoch == 1 and tuned.history[-1].measurement_time > 0
+    onloop = tiny(dict(preset="reram"))  # a checkpoint trained on devices: its device table is replaced, not merged
+    onloop.out = tmp_path / "reram"
+    onloop.fit(epochs=1, progress=False)
+    again = fine_tune(tmp_path / "reram", settings=dict(write_noise=0.01), train_subset=32, data=DIGITS).model.devices.model
+    assert again == DeviceModel.build("ideal", write_noise=0.01)
     res = CliRunner().invoke(app, ["sweep", "--checkpoint", str(tmp_path / "ckpt"), "--vary", "white_noise=0.01",
                                    "--device-set", 'read_noise_model="process"', "--device-set", "cds=true",
                                    "--train-set", 'estimator="cds"', "--train-set", "beta=1e-4", "--realisations", "1",

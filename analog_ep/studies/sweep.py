@@ -91,11 +91,12 @@ def fine_tune(checkpoint: str | Path, *, preset: str = "ideal", settings: dict |
     conductances (``[train] init_from``), programmed into a realisation (``seed``) of the
     device ``preset`` with ``settings`` replacing its fields, trained ``epochs`` epochs on the
     first ``train_subset`` training images; ``train`` replaces ``[train]`` settings (e.g. the
-    estimator and β), checked as a config file's. Returns the trainer, writing nothing."""
-    cfg = Config.from_stored(read_checkpoint(checkpoint)[1]["config"]).updated(
-        data=dict(train_subset=train_subset),
-        train=dict(epochs=epochs, init_from=str(checkpoint), **(train or {})),
-        device=dict(preset=preset, in_the_loop=True, seed=seed, **(settings or {})))
+    estimator and β), checked as a config file's; the device table replaces the checkpoint's.
+    Returns the trainer, writing nothing."""
+    raw = Config.from_stored(read_checkpoint(checkpoint)[1]["config"]).to_dict()
+    raw["device"] = dict(preset=preset, in_the_loop=True, seed=seed, **(settings or {}))
+    cfg = Config.from_dict(raw).updated(data=dict(train_subset=train_subset),
+                                        train=dict(epochs=epochs, init_from=str(checkpoint), **(train or {})))
     trainer = Trainer(cfg, device=device, data=data)
     trainer.fit(progress=False, loggers=())
     return trainer
