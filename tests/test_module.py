@@ -184,8 +184,9 @@ def test_pretrained_checkpoint_evaluates_as_before(path):
     """Each shipped checkpoint classifies the first 500 MNIST test images with the same number of
     errors as before the model-interface redesign (measured with the code of commit 032c2bb; the
     retrained seed_hopfield_1h with its own run's code, the Fashion-MNIST ones with the code of
-    their fine-tuning round), and its outputs sum to the same value
-    (float32 summation order: 1e-4 relative)."""
+    their fine-tuning round, the in-the-loop reram and pcm ones with the code of the round that
+    made them: they read through their own devices, whose seeded read noise is part of the
+    figure), and its outputs sum to the same value (float32 summation order: 1e-4 relative)."""
     if not (Path(analog_ep.__file__).parents[1] / path).exists():
         pytest.fail(f"{path} is listed but missing")
     from analog_ep.train import load_checkpoint
