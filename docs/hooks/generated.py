@@ -5,7 +5,8 @@
   option lines and help texts (defaults included) that ``analog-ep COMMAND --help`` prints.
 * ``<!-- readme-section: HEADING -->`` becomes the README's section whose heading starts with
   HEADING (the heading line and everything up to the next heading of the same or a higher
-  level). A heading that is not in the README stops the build.
+  level). A heading that is not in the README stops the build. Its images (repository files
+  the site does not carry) become a line naming the file.
 * The package's docstrings cross-reference in Sphinx's style (``:func:`~.ngspice.run_op```),
   which mkdocstrings renders literally; in the rendered pages such a reference becomes its
   code name alone (``run_op``), as Sphinx would show it.
@@ -21,6 +22,7 @@ import typer
 ROOT = Path(__file__).resolve().parents[2]
 CLI_MARKER = "<!-- cli-reference -->"
 README_MARKER = re.compile(r"<!-- readme-section: (.+?) -->")
+IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$", re.M)
 SPHINX_ROLE = re.compile(r":(?:func|class|meth|mod|data|attr|exc|obj):<code>(~?)\.?([^<]*)</code>")
 
 
@@ -75,12 +77,17 @@ def readme_section(readme: str, heading: str) -> str:
         if m is None:
             continue
         if start is not None and len(m.group(1)) <= level:
-            return "\n".join(lines[start:i]).rstrip() + "\n"
+            return _without_images("\n".join(lines[start:i]).rstrip() + "\n")
         if start is None and m.group(2).startswith(heading):
             start, level = i, len(m.group(1))
     if start is None:
         raise ValueError(f"README.md has no section whose heading starts with {heading!r}")
-    return "\n".join(lines[start:]).rstrip() + "\n"
+    return _without_images("\n".join(lines[start:]).rstrip() + "\n")
+
+
+def _without_images(markdown: str) -> str:
+    """Image lines as a line naming the file (the site does not carry the repository's files)."""
+    return IMAGE.sub(lambda m: f"Figure ({m.group(1)}): `{m.group(2)}` in the repository.", markdown)
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
