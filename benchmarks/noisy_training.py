@@ -27,9 +27,8 @@ import argparse
 import json
 from pathlib import Path
 
-from analog_ep.data import load_dataset
 from analog_ep.studies.sweep import fine_tune
-from analog_ep.train import read_checkpoint
+from analog_ep.train import load_checkpoint
 from noisy_gradient import DEFAULT_WINDOW, ESTIMATORS, NOISE, NOISELESS, WINDOWS, pareto_panels, write_result
 from torch_devices import add_devices_option, parse_devices
 
@@ -57,13 +56,13 @@ def main() -> None:
     args = ap.parse_args()
     device = parse_devices(ap, args.devices, loops=False)[0]
     out = ROOT / "benchmarks/results/noisy_training.json"
-    _, state = read_checkpoint(CHECKPOINT)
-    baseline = float(json.loads((ROOT / "tests/pretrained_subset.json").read_text())[
-        "examples/pretrained/mnist_xs/checkpoint.pt"]["full"])
     if args.plot_only:
-        pareto_figure(json.loads(out.read_text())["rows"], baseline).savefig(out.with_suffix(".png"), dpi=120)
+        last = json.loads(out.read_text())
+        pareto_figure(last["rows"], last["ideal_test_error"]).savefig(out.with_suffix(".png"), dpi=120)
         return
-    data = load_dataset("mnist")
+    ideal = load_checkpoint(CHECKPOINT, device=device)
+    data = ideal.data
+    baseline = ideal.error(data.x_test, data.y_test)  # the ideal circuit's test error, the figures' reference
     rows = []
     for noise, overrides in NOISE.items():
         windows = (DEFAULT_WINDOW,) if noise == NOISELESS else WINDOWS[:2]
@@ -82,7 +81,7 @@ def main() -> None:
     best = min((r for r in rows if r["noise"] == "reram"), key=lambda r: r["test_error"])
     result = dict(circuit="XS 2x784-100-10 (examples/pretrained/mnist_xs), fine-tuned in the loop on the reram preset",
                   start=str(CHECKPOINT.relative_to(ROOT)), ideal_test_error=baseline, train_subset=args.train_subset,
-                  lr=state["config"]["train"]["lr"], beta=args.beta, lockin_beta=args.lockin_beta, realisations=1, rows=rows,
+                  lr=list(ideal.cfg.train.lr), beta=args.beta, lockin_beta=args.lockin_beta, realisations=1, rows=rows,
                   best_test_error=best["test_error"], best_estimator=best["estimator"],
                   best_measurement_time_s=best["measurement_time_s"])
     write_result(out, result, pareto_figure(rows, baseline), dict(
