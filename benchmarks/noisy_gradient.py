@@ -103,11 +103,10 @@ def flat(g: dict) -> torch.Tensor:
     return torch.cat([v.reshape(-1).double() for _, v in sorted(g.items())])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_estimator_options(ap: argparse.ArgumentParser) -> None:
+    """The options the noisy-estimator benchmarks share: --json, each estimator's β, --devices
+    and --plot-only."""
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    ap.add_argument("--repeats", type=int, default=3, help="independent estimates per setting")
-    ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--beta", type=float, default=2e-4,
                     help="nudge conductance of ep and cds, S (10x the XS config's, chosen for signal-to-noise: its "
                          "noiseless centred estimate still has cosine 1.0000 with the exact gradient; 2e-3 drops to 0.76)")
@@ -116,6 +115,13 @@ def main() -> None:
                          "first-order term (noiseless cosine 0.9985 at 4e-4 with 16 periods; 1e-3 drops to 0.88)")
     add_devices_option(ap, loops=False)
     ap.add_argument("--plot-only", action="store_true", help="redraw the figure from the JSON of the last run")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3, help="independent estimates per setting")
+    ap.add_argument("--batch", type=int, default=128)
+    add_estimator_options(ap)
     args = ap.parse_args()
     device = parse_devices(ap, args.devices, loops=False)[0]
     out = ROOT / "benchmarks/results/noisy_gradient.json"

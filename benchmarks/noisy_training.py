@@ -29,8 +29,9 @@ from pathlib import Path
 
 from analog_ep.studies.sweep import fine_tune
 from analog_ep.train import load_checkpoint
-from noisy_gradient import DEFAULT_WINDOW, ESTIMATORS, NOISE, NOISELESS, WINDOWS, pareto_panels, write_result
-from torch_devices import add_devices_option, parse_devices
+from noisy_gradient import (DEFAULT_WINDOW, ESTIMATORS, NOISE, NOISELESS, WINDOWS, add_estimator_options, pareto_panels,
+                            write_result)
+from torch_devices import parse_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "examples/pretrained/mnist_xs/checkpoint.pt"
@@ -47,12 +48,8 @@ def pareto_figure(rows: list[dict], baseline: float):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     ap.add_argument("--train-subset", type=int, default=10_000, help="training images of in-the-loop EP per run")
-    ap.add_argument("--beta", type=float, default=2e-4, help="nudge conductance of ep and cds, S (centred)")
-    ap.add_argument("--lockin-beta", type=float, default=4e-4, help="amplitude of the lock-in's nudge, S")
-    add_devices_option(ap, loops=False)
-    ap.add_argument("--plot-only", action="store_true", help="redraw the figure from the JSON of the last run")
+    add_estimator_options(ap)
     args = ap.parse_args()
     device = parse_devices(ap, args.devices, loops=False)[0]
     out = ROOT / "benchmarks/results/noisy_training.json"
