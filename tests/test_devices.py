@@ -206,14 +206,16 @@ LEVELS = dict(on_off=20.0, levels=32, update_threshold=0.05, stochastic_rounding
               soft_bounds=True, d2d=0.2, read_noise=0.02, drift_nu=0.05, stuck_min=0.05, stuck_max=0.05, open=0.05,
               diode_is_spread=0.3, diode_n_spread=0.05, amp_gain_error=0.05, amp_offset=0.01, johnson_capacitance=1e-16,
               adc_bits=6, settle_sweeps=1, read_noise_model="process", white_noise=0.02, flicker_noise=0.01,
-              flicker_exponent=0.5, rtn_fraction=0.5, read_repeats=2, sequential_reads=True)
+              flicker_exponent=0.5, rtn_fraction=0.5, read_repeats=2, sequential_reads=True, floor_compensation=0.5,
+              fault_aware=True)
 PROCESS = dict(read_noise_model="process")
 PAIRED = dict(drift_nu=dict(drift_time=3600.0), stochastic_rounding=dict(levels=32),  # fields that act only together with another
               read_noise_model=dict(white_noise=0.02), white_noise=PROCESS, flicker_noise=PROCESS,
               sequential_reads=dict(PROCESS, white_noise=0.02),
               flicker_exponent=dict(PROCESS, flicker_noise=0.01),
               rtn_fraction=dict(PROCESS, rtn_amplitude=0.1, rtn_tau_up=1e-6, rtn_tau_down=2e-6),
-              read_repeats=dict(johnson_capacitance=1e-16))
+              read_repeats=dict(johnson_capacitance=1e-16), floor_compensation=dict(on_off=20.0),
+              fault_aware=dict(stuck_max=0.05))
 # parameters of the non-idealities above (not switches), and the differential read-out (cds,
 # diff_adc_bits), which acts through DeviceArray.read_pair: the EP estimators do not call it yet
 PARAMETERS = {"temperature", "adc_range", "drift_nu_std", "drift_t0", "drift_time", "diode_rs_spread",
@@ -372,3 +374,92 @@ def test_sweep_fine_tunes_with_the_given_device_and_train_settings(tmp_path):
     meta = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["meta"]
     assert meta["device_settings"] == {"read_noise_model": "process", "cds": True}
     assert meta["train_settings"] == {"estimator": "cds", "beta": 1e-4}
+
+
+def layered_array(**fields):
+    """The 64-16-10 layered circuit (gain-4 amplifiers, diodes) with random weights within the
+    range a working device gives, programmed into a device array with its conductance pairs."""
+    from analog_ep.models import AnalogCircuit
+    m = AnalogCircuit("64,16,10", amplifier_gain=4.0, clamp=(0.6, 1.0), dtype=torch.float64, input_voltage=4.0)
+    model = DeviceModel.build(**fields)
+    g_min, offset = G_MAX / model.on_off, model.floor_compensation * G_MAX / model.on_off
+    gen = torch.Generator().manual_seed(0)
+    w = {k: g_min - offset + (G_MAX - g_min) * torch.rand(p.shape, generator=gen, dtype=torch.float64)
+         for k, p in m.trainable().items()}
+    m.load_trainable(w)
+    return m, m.attach_devices(model, seed=3), w
+
+
+def test_floor_compensation_is_a_negative_conductance_per_node():
+    """A device array under floor compensation α settles as the circuit of its devices'
+    conductances g = w + α·g_min with a negative conductance −α·g_min·Σγ² from each free node
+    to ground (the devices attached to it, through amplifier copies of gain γ): the
+    docstring's equivalence, to 1e-9 V, on the layered circuit with diodes."""
+    from analog_ep.circuit import Conductances
+    m, arr, w = layered_array(on_off=10.0, floor_compensation=0.8)
+    for k in arr.keys:  # ideal programming: the weights themselves
+        torch.testing.assert_close(m.trainable()[k].detach(), w[k], rtol=0, atol=1e-18)
+    cc = m.cc
+    nf, circuit = cc.n_free, cc.circuit
+    assert cc.free == circuit.free_nodes()
+    ground_pull = Conductances("nic", np.array(circuit.free_nodes()), np.zeros(nf, dtype=np.int64), np.ones(nf))
+    with_nic = compile_circuit(circuit.replace(elements=circuit.elements + (ground_pull,)), dtype=torch.float64)
+    gain = cc.node_gain()
+    weight = torch.zeros(nf, dtype=torch.float64)  # Σγ² over the devices attached to each free root
+    for blk in cc.blocks:
+        if blk.name in arr.keys:
+            a, b = (blk.a[:, None], blk.b[None, :]) if blk.dense else (blk.a, blk.b)
+            ra, rb = torch.broadcast_tensors(cc.root[a], cc.root[b])
+            ga, gb = torch.broadcast_tensors(gain[a], gain[b])
+            for r, g in ((ra, ga), (rb, gb)):
+                free = r < nf
+                weight.index_add_(0, r[free], g[free] ** 2)
+    for k in arr.keys:
+        with_nic.params[k] = w[k] + arr.offset
+    with_nic.params["g:nic"] = -arr.offset * weight  # the nic group lists the free nodes in slot order
+    u = m.sources(torch.rand(8, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    a = settle(arr.view(), u, rtol=1e-13)
+    b = settle(with_nic, u, rtol=1e-13)
+    assert a.converged and b.converged
+    assert float((a.s - b.s).abs().max()) < 1e-9
+    assert float((a.s - settle(cc, u, rtol=1e-13).s).abs().max()) < 1e-9  # what the weights' own circuit gives
+
+
+def test_floor_compensated_read_noise_is_relative_to_the_conductance():
+    """Read noise scales with the device's conductance g = w + α·g_min, not with the weight w."""
+    _, arr, w = layered_array(on_off=10.0, floor_compensation=1.0, read_noise=0.05)
+    seen = arr.view().params["g:w1p"]
+    g = arr.hardware.params["g:w1p"] + arr.offset
+    assert rel(float(((seen + arr.offset) / g - 1).detach().std()), 0.05) < 0.05
+
+
+def test_fault_aware_programming_keeps_each_pairs_difference():
+    """A stuck or open device's pair partner takes up its error: the pair's difference g+ − g−
+    is the target's wherever the partner works and has the range; without fault_aware it is not."""
+    faults = dict(on_off=10.0, stuck_min=0.05, stuck_max=0.05, open=0.02, floor_compensation=1.0)
+    _, arr, w = layered_array(**faults, fault_aware=True)
+    _, plain, _ = layered_array(**faults)
+    got, naive = arr.program_all(w), plain.program_all(w)
+    p, n = "g:w1p", "g:w1n"
+    fp, fn = arr.faults[p], arr.faults[n]
+    one = (fp != 0) ^ (fn != 0)
+    lo, hi = arr.weight_range
+    partner = torch.where(fp != 0, w[n] + (got[p] - w[p]), w[p] + (got[n] - w[n]))
+    reach = one & (partner >= lo) & (partner <= hi)
+    assert int(reach.sum()) > 50
+    want = (w[p] - w[n])[reach]
+    torch.testing.assert_close((got[p] - got[n])[reach], want, rtol=0, atol=1e-15)
+    assert float(((naive[p] - naive[n])[reach] - want).abs().max()) > 1e-5
+    both_ok = (fp == 0) & (fn == 0)  # pairs without faults are programmed as without fault_aware
+    assert torch.equal(got[p][both_ok], naive[p][both_ok])
+
+
+def test_export_of_a_floor_compensated_circuit_gives_the_weights():
+    from analog_ep.circuit import Conductances
+    from analog_ep.models import AnalogCircuit
+    m = AnalogCircuit("64,16,10", amplifier_gain=4.0, dtype=torch.float64, g_init=(2e-5, 5e-5))
+    m.attach_devices(DeviceModel.build(on_off=10.0, open=0.1, floor_compensation=1.0), seed=0)
+    w = m.trainable()["g:w1p"].detach()
+    assert float(w.min()) == -1e-5  # an open device: the node's compensation overshoots by g_min
+    exported = m.to_circuit().group(Conductances, "w1p").g
+    np.testing.assert_array_equal(exported, w.clamp_min(0).numpy())

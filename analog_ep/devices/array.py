@@ -11,12 +11,23 @@ fixed draws) and a clock ``time`` (s): the EP estimators reserve each step's tim
 pair, ``read_pair(s_free, s_nudged)`` (correlated double sampling when the model has ``cds``).
 ``state_dict()`` / ``load_state_dict()`` cover the generator, the clock, the process and the
 mixed-precision accumulators, for exact resume.
+
+Weights and conductances. The circuit's parameters (what settles, the optimiser, checkpoints
+and exports see) are *weights* w: the conductance each device contributes to the circuit. A
+device itself holds g in [g_min, g_max]. Without ``floor_compensation`` w = g. With it (α), each
+free node carries a negative conductance −α·g_min per device attached, so in the node's
+Kirchhoff equation a device at g counts as w = g − α·g_min: exactly so in the layered circuit,
+where every device has a pair partner joined to the opposite copy (±x, ±A·V, ±bias) of the same
+node, so that the compensation's share of the partners' currents, α·g_min·(V − v) and
+α·g_min·(V + v), adds up to 2α·g_min·V, which is what the node's negative conductance removes.
+:meth:`program`, :meth:`update` and :meth:`view` take and give weights; the device physics
+(levels, bounds, faults, read noise relative to g) acts on g = w + α·g_min.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -31,10 +42,18 @@ OK, STUCK_MIN, STUCK_MAX, OPEN = 0, 1, 2, 3
 
 
 class DeviceArray:
-    def __init__(self, model: DeviceModel, cc: Compiled, keys: list[str], g_max: float, seed: int = 0):
+    def __init__(self, model: DeviceModel, cc: Compiled, keys: list[str], g_max: float, seed: int = 0,
+                 pairs: Mapping[str, str] | None = None):
+        """``pairs`` maps a key to its pair partner's (same shape; the signed weight is their
+        difference), for ``fault_aware`` programming."""
         self.model, self.cc, self.keys = model.validate(), cc, list(keys)
         self.g_max = float(g_max)
         self.g_min = 0.0 if math.isinf(model.on_off) else self.g_max / model.on_off
+        self.offset = model.floor_compensation * self.g_min  # S: weight w = conductance g − offset
+        self.pairs = dict(pairs or {})
+        for a, b in self.pairs.items():
+            if a not in self.keys or b not in self.keys or cc.params[a].shape != cc.params[b].shape:
+                raise ValueError(f"device array: pair ({a}, {b}) needs two trainable keys of the same shape")
         self.step = (self.g_max - self.g_min) / (model.levels - 1) if model.levels else 0.0
         self.gen = torch.Generator().manual_seed(seed)
         m, shape = model, lambda k: cc.params[k].shape
@@ -91,27 +110,55 @@ class DeviceArray:
         g = torch.where(f == STUCK_MAX, self.g_max, g)
         return torch.where(f == OPEN, 0.0, g)
 
+    @property
+    def weight_range(self) -> tuple[float, float]:
+        """(lowest, highest) weight a working device gives, S: [g_min, g_max] − offset."""
+        return self.g_min - self.offset, self.g_max - self.offset
+
     def program(self, key: str, target: torch.Tensor) -> torch.Tensor:
-        """Conductances after programming ``target`` (write-verify to the nearest level, with
-        the residual write noise)."""
+        """Weights after programming the weights ``target`` (S) into the devices: each is
+        written to g = target + offset, write-verified to the nearest level, with the residual
+        write noise."""
         m = self.model
-        g = target.detach().to(self.cc.dtype).clamp(self.g_min, self.g_max)
+        g = (target.detach().to(self.cc.dtype) + self.offset).clamp(self.g_min, self.g_max)
         if m.levels:
             g = self.g_min + torch.round((g - self.g_min) / self.step) * self.step
         if m.write_noise or m.write_noise_state:
             sigma = m.write_noise * self.g_max + m.write_noise_state * g
             g = (g + sigma * self.randn(g.shape)).clamp(self.g_min, self.g_max)
-        return self._settle_faults(key, g)
+        return self._settle_faults(key, g) - self.offset
+
+    def program_all(self, targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weights after programming every key's ``targets`` (in their order, each as
+        :meth:`program`). With ``fault_aware``, a stuck or open device's error (what it holds
+        minus its target) is added to its pair partner's target, where the partner works, so the
+        pair's difference g+ − g− is the target's as far as the partner's range allows (a
+        fault-tolerant mapping in the spirit of Xia et al., "Stuck-at fault tolerance in RRAM
+        computing systems", IEEE JETCAS 8, 102 (2018))."""
+        targets = {k: t.detach().to(self.cc.dtype) for k, t in targets.items()}
+        if self.model.fault_aware and self.faults:
+            shifted = dict(targets)
+            for a, b in self.pairs.items():
+                for bad, partner in ((a, b), (b, a)):
+                    want = (targets[bad] + self.offset).clamp(self.g_min, self.g_max)
+                    error = self._settle_faults(bad, want) - want  # 0 where the device works
+                    shifted[partner] = shifted[partner] + torch.where(self.faults[partner] == OK, error, 0.0)
+            targets = shifted
+        return {k: self.program(k, t) for k, t in targets.items()}
 
     @property
     def ideal_updates(self) -> bool:
         m = self.model
         return not (m.levels or m.update_noise or m.asymmetry or m.soft_bounds or self.step_gain)
 
-    def update(self, key: str, g: torch.Tensor, proposed: torch.Tensor) -> torch.Tensor:
-        """Conductances after asking each device to move from ``g`` to ``proposed``: whole level
-        steps (when quantised) with cycle-to-cycle noise, up/down asymmetry, soft bounds and
-        each device's own step size."""
+    def update(self, key: str, w: torch.Tensor, proposed: torch.Tensor) -> torch.Tensor:
+        """Weights after asking each device to move from the weight ``w`` to ``proposed`` (S):
+        whole level steps (when quantised) with cycle-to-cycle noise, up/down asymmetry, soft
+        bounds and each device's own step size, acting on its conductance g = w + offset."""
+        return self._update_conductance(key, w.detach() + self.offset, proposed.detach() + self.offset) - self.offset
+
+    def _update_conductance(self, key: str, g: torch.Tensor, proposed: torch.Tensor) -> torch.Tensor:
+        """:meth:`update` on the devices' conductances."""
         m = self.model
         if m.update_threshold:
             proposed = self._accumulate(key, g.detach(), proposed.detach())
@@ -189,13 +236,14 @@ class DeviceArray:
             return None
         out = {}
         for k in self.keys:
-            g = self.hardware.params[k].detach().double()
+            g = self.hardware.params[k].detach().double() + self.offset
             out[k] = torch.where(g > 0, (g / self.g_max) ** -gamma, 0.0)  # g = 0 (open): no 1/f part
         return out
 
     def view(self, window: Window | Sequence[Window] | None = None) -> Compiled:
-        """The circuit a read sees: drifted conductances times (1 + read noise); the hardware
-        circuit itself when reads are noiseless, so its operator cache is reused.
+        """The circuit a read sees: drifted conductances times (1 + read noise), as weights
+        (conductance − offset); the hardware circuit itself when reads are noiseless, so its
+        operator cache is reused.
 
         "per_settle": noise freshly drawn with σ = ``read_noise`` on every call (``window`` is
         not used). "process": the noise process's fluctuation averaged over ``window`` (one
@@ -217,7 +265,7 @@ class DeviceArray:
         if self.noise is not None:
             xi = self.noise.mean_over(windows, self._flicker_gain())
         for k in self.keys:
-            g = p[k]
+            g = p[k] + self.offset  # the device's conductance
             if k in self.nu:
                 g = g * (m.drift_time / m.drift_t0) ** (-self.nu[k])
             if xi is not None:
@@ -226,7 +274,7 @@ class DeviceArray:
                 g = (g * (1 + m.read_noise * self.randn(g.shape))).clamp_min(0)
             p[k] = g
         if not self.per_sample_noise:
-            return dataclasses.replace(self.hardware, params=p, cache={})
+            return dataclasses.replace(self.hardware, params=self._as_weights(p), cache={})
         # the fast part of a read integrating over the phase's windows (T in all)
         white, unit = m.fast_read_variance(sum(t1 - t0 for t0, t1 in windows))
         gain = self._flicker_gain() if unit else None
@@ -234,8 +282,12 @@ class DeviceArray:
                for k in self.keys}
         return self._with_noise_per_sample(p, var)
 
+    def _as_weights(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Parameters ``p`` with the devices' conductances turned into weights (− offset)."""
+        return {**p, **{k: p[k] - self.offset for k in self.keys}}
+
     def _with_noise_per_sample(self, p: dict[str, torch.Tensor], var: dict[str, torch.Tensor | float]) -> Compiled:
-        """The circuit at conductances ``p`` with independent read noise of relative variance
+        """The circuit at device conductances ``p`` (as weights) with independent read noise of relative variance
         ``var[k]`` (per device or one number) per sample (``sequential_reads``). A device g
         between a free root i (gain γ_i) and a fixed node j (gain γ_j, value u_j) contributes
         γ_i²·g to the diagonal D_i and γ_i γ_j g u_j to the injected current f_i, so its noise ξg
@@ -296,7 +348,7 @@ class DeviceArray:
             memo.update(u=u, version=u._version, out=(dD, df))
             return dD, df
 
-        return dataclasses.replace(cc, params=p, cache={}, perturb=perturb)
+        return dataclasses.replace(cc, params=self._as_weights(p), cache={}, perturb=perturb)
 
     def measure(self, s: torch.Tensor) -> torch.Tensor:
         """Node voltages as the learning rule's read-out sees them: Johnson noise sqrt(kT/C),

@@ -68,6 +68,12 @@ class DeviceModel:
     drift_nu_std: float = 0.0  # device-to-device σ of ν
     drift_t0: float = 20.0  # s after programming at which g was verified
     drift_time: float = 0.0  # s after programming when the circuit is used (≤ drift_t0: no drift)
+    # circuit around the devices
+    floor_compensation: float = 0.0  # α in [0, 1]: every free node gets a negative conductance −α·g_min per device
+    #   attached (a negative-impedance converter trimmed once; noiseless, our assumption), so a device at g acts as a
+    #   conductance g − α·g_min: the floor g_min no longer loads the nodes (DeviceArray, "Weights and conductances")
+    fault_aware: bool = False  # programming knows which devices are stuck or open (write-verify finds them) and moves
+    #   each one's pair partner (g+ of g−, and back) so that the pair's difference g+ − g− stays the target's
     # faults (fractions of devices, drawn once per realisation)
     stuck_min: float = 0.0  # stuck at g_min
     stuck_max: float = 0.0  # stuck at g_max
@@ -111,6 +117,8 @@ class DeviceModel:
             raise ValueError("device model: asymmetry must be in [0, 1) and fault rates sum to ≤ 1")
         if self.read_noise_model not in READ_NOISE_MODELS:
             raise ValueError(f"device model: read_noise_model must be one of {READ_NOISE_MODELS}")
+        if self.floor_compensation > 1:
+            raise ValueError("device model: floor_compensation must be in [0, 1]")
         if self.flicker_exponent >= 1 or self.diff_adc_bits > 24:
             raise ValueError("device model: flicker_exponent must be < 1, diff_adc_bits ≤ 24")
         self.noise_spec()  # validates the process fields

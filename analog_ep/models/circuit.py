@@ -15,6 +15,7 @@ on every settle reads through the devices and :meth:`optimizer_step` writes thro
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -231,7 +232,7 @@ class AnalogCircuit(nn.Module, EPModel):
         devices also the fraction of faulty devices (stuck or open, ``devices_faulty``) and the
         devices' clock (``devices_clock_s``, s)."""
         g = torch.cat([p.detach().reshape(-1) for p in self.trainable().values()])
-        lo, hi = (self.g_min, self.g_max) if self.devices is None else (self.devices.g_min, self.devices.g_max)
+        lo, hi = (self.g_min, self.g_max) if self.devices is None else self.devices.weight_range
         tol = 1e-6 * hi
         stats = dict(at_g_min=float((g <= lo + tol).double().mean()), at_g_max=float((g >= hi - tol).double().mean()),
                      g_mean_S=float(g.double().mean()))
@@ -245,15 +246,24 @@ class AnalogCircuit(nn.Module, EPModel):
     def attach_devices(self, model: DeviceModel, seed: int = 0) -> DeviceArray:
         """Program the present conductances into a fresh realisation of ``model`` (seeded);
         from then on every settle reads through it and every update writes through it."""
-        self.devices = DeviceArray(model, self.cc, list(self.cc.trainable), self.g_max, seed=seed)
+        self.devices = DeviceArray(model, self.cc, list(self.cc.trainable), self.g_max, seed=seed, pairs=self.pairs())
         self._program()
         return self.devices
+
+    def pairs(self) -> dict[str, str]:
+        """The conductance pairs whose difference is one signed weight: each ``g:…p`` block
+        and its ``g:…n`` block of the same shape (a layered circuit's w{l}p/w{l}n and
+        b{l}p/b{l}n: the same node joined to the + and − copy of one voltage)."""
+        params = self.trainable()
+        return {k: k[:-1] + "n" for k in params
+                if k.endswith("p") and k[:-1] + "n" in params and params[k].shape == params[k[:-1] + "n"].shape}
 
     def _program(self) -> None:
         """Write the present conductances into the devices: they hold what programming gives."""
         with torch.no_grad():
+            done = self.devices.program_all(self.trainable())
             for k, p in self.trainable().items():
-                p.copy_(self.devices.program(k, p))
+                p.copy_(done[k])
 
     def start_from(self, params: Mapping[str, torch.Tensor]) -> None:
         """Load trained conductances and, with devices in the loop, program them into the
@@ -268,8 +278,14 @@ class AnalogCircuit(nn.Module, EPModel):
         self.devices = None
 
     def to_circuit(self) -> Circuit:
-        """The Circuit IR with the present conductances, for export (SPICE decks)."""
-        return self.cc.to_circuit()
+        """The Circuit IR with the present conductances, for export (SPICE decks). With
+        devices under ``floor_compensation`` these are the weights (conductance − α·g_min): the
+        passive circuit the compensated one is equivalent to. An open device there acts as a
+        negative weight −α·g_min, which a passive conductance cannot be: it is exported as 0."""
+        if self.devices is None or not self.devices.offset:
+            return self.cc.to_circuit()
+        params = {**self.cc.params, **{k: p.detach().clamp_min(0) for k, p in self.trainable().items()}}
+        return dataclasses.replace(self.cc, params=params, cache={}).to_circuit()
 
     def with_inputs(self, x: Sequence[float]) -> Circuit:
         """The present circuit with its input sources set for one input row ``x`` (data
