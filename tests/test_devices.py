@@ -435,22 +435,27 @@ def test_floor_compensated_read_noise_is_relative_to_the_conductance():
 
 def test_fault_aware_programming_keeps_each_pairs_difference():
     """A stuck or open device's pair partner takes up its error: the pair's difference g+ − g−
-    is the target's wherever the partner works and has the range; without fault_aware it is not."""
+    is the target's wherever the partner works and has the range; without fault_aware it is not.
+    A pair with a device stuck at g_max is trimmed: the stuck device acts as 0, not g_max."""
+    from analog_ep.devices.array import OK, STUCK_MAX
     faults = dict(on_off=10.0, stuck_min=0.05, stuck_max=0.05, open=0.02, floor_compensation=1.0)
     _, arr, w = layered_array(**faults, fault_aware=True)
     _, plain, _ = layered_array(**faults)
     got, naive = arr.program_all(w), plain.program_all(w)
     p, n = "g:w1p", "g:w1n"
     fp, fn = arr.faults[p], arr.faults[n]
-    one = (fp != 0) ^ (fn != 0)
-    lo, hi = arr.weight_range
-    partner = torch.where(fp != 0, w[n] + (got[p] - w[p]), w[p] + (got[n] - w[n]))
-    reach = one & (partner >= lo) & (partner <= hi)
-    assert int(reach.sum()) > 50
+    one = (fp != OK) ^ (fn != OK)
+    partner = torch.where(fp != OK, w[n] + (got[p] - w[p]), w[p] + (got[n] - w[n]))
+    off = torch.where(fp != OK, arr.offsets[n], arr.offsets[p])
+    reach = one & (partner + off >= arr.g_min) & (partner + off <= arr.g_max)
+    stuck = one & ((fp == STUCK_MAX) | (fn == STUCK_MAX))
+    assert int((reach & stuck).sum()) > 20 and int((reach & ~stuck).sum()) > 20
     want = (w[p] - w[n])[reach]
     torch.testing.assert_close((got[p] - got[n])[reach], want, rtol=0, atol=1e-15)
     assert float(((naive[p] - naive[n])[reach] - want).abs().max()) > 1e-5
-    both_ok = (fp == 0) & (fn == 0)  # pairs without faults are programmed as without fault_aware
+    assert float(torch.where(fp == STUCK_MAX, got[p], 0.0).abs().max()) == 0.0  # trimmed: acts as 0
+    assert float(torch.where(fp == STUCK_MAX, naive[p], 0.0).max()) == G_MAX - arr.offset  # untrimmed: g_max − g_min
+    both_ok = (fp == OK) & (fn == OK)  # pairs without faults are programmed as without fault_aware
     assert torch.equal(got[p][both_ok], naive[p][both_ok])
 
 

@@ -20,8 +20,10 @@ Kirchhoff equation a device at g counts as w = g − α·g_min: exactly so in th
 where every device has a pair partner joined to the opposite copy (±x, ±A·V, ±bias) of the same
 node, so that the compensation's share of the partners' currents, α·g_min·(V − v) and
 α·g_min·(V + v), adds up to 2α·g_min·V, which is what the node's negative conductance removes.
+With ``fault_aware`` the compensation of a node is also trimmed around each pair with a device
+stuck at g_max, whose two devices then count as g − g_max (``_trimmed_offsets``).
 :meth:`program`, :meth:`update` and :meth:`view` take and give weights; the device physics
-(levels, bounds, faults, read noise relative to g) acts on g = w + α·g_min.
+(levels, bounds, faults, read noise relative to g) acts on g = w + offset.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ class DeviceArray:
         self.model, self.cc, self.keys = model.validate(), cc, list(keys)
         self.g_max = float(g_max)
         self.g_min = 0.0 if math.isinf(model.on_off) else self.g_max / model.on_off
-        self.offset = model.floor_compensation * self.g_min  # S: weight w = conductance g − offset
+        self.offset = model.floor_compensation * self.g_min  # S: a working device's weight w = g − offset
         self.pairs = dict(pairs or {})
         for a, b in self.pairs.items():
             if a not in self.keys or b not in self.keys or cc.params[a].shape != cc.params[b].shape:
@@ -62,6 +64,7 @@ class DeviceArray:
         # mixed precision: the change each device was asked for and has not been written yet, S
         self.accumulator = ({k: torch.zeros(shape(k), dtype=cc.dtype, device=cc.device) for k in self.keys}
                             if m.update_threshold else {})
+        self.offsets = self._trimmed_offsets()
         self.nu = ({k: m.drift_nu + m.drift_nu_std * self.randn(shape(k)) for k in self.keys}
                    if m.drift_nu and m.drift_time > m.drift_t0 else {})
         static = {}
@@ -110,6 +113,27 @@ class DeviceArray:
         g = torch.where(f == STUCK_MAX, self.g_max, g)
         return torch.where(f == OPEN, 0.0, g)
 
+    def _trimmed_offsets(self) -> dict[str, float | torch.Tensor]:
+        """Per key, the offset between each device's conductance and its weight (S): ``offset``,
+        and with ``fault_aware`` g_max for both devices of a pair with a device stuck at g_max
+        (the node's compensation trimmed by 2·(g_max − offset) for that pair, known once
+        write-verify has found the stuck device): the stuck device then acts as a weight of 0
+        instead of loading its node with g_max, and its partner, acting as g − g_max ∈ [g_min −
+        g_max, 0], carries the pair's difference alone (a positive weight up to g_max − g_min).
+        The trim is split equally between the pair's two devices, so it is a conductance of the
+        node alone (the class docstring's argument); it depends only on the faults, so a
+        realisation re-made from its seed has it."""
+        offsets: dict[str, float | torch.Tensor] = {k: self.offset for k in self.keys}
+        if not (self.model.fault_aware and self.faults):
+            return offsets
+        for a, b in self.pairs.items():
+            stuck = (self.faults[a] == STUCK_MAX) | (self.faults[b] == STUCK_MAX)
+            if bool(stuck.any()):
+                trimmed = torch.full(stuck.shape, self.offset, dtype=self.cc.dtype, device=self.cc.device)
+                trimmed[stuck] = self.g_max
+                offsets[a] = offsets[b] = trimmed
+        return offsets
+
     @property
     def weight_range(self) -> tuple[float, float]:
         """(lowest, highest) weight a working device gives, S: [g_min, g_max] − offset."""
@@ -119,20 +143,20 @@ class DeviceArray:
         """Weights after programming the weights ``target`` (S) into the devices: each is
         written to g = target + offset, write-verified to the nearest level, with the residual
         write noise."""
-        m = self.model
-        g = (target.detach().to(self.cc.dtype) + self.offset).clamp(self.g_min, self.g_max)
+        m, offset = self.model, self.offsets[key]
+        g = (target.detach().to(self.cc.dtype) + offset).clamp(self.g_min, self.g_max)
         if m.levels:
             g = self.g_min + torch.round((g - self.g_min) / self.step) * self.step
         if m.write_noise or m.write_noise_state:
             sigma = m.write_noise * self.g_max + m.write_noise_state * g
             g = (g + sigma * self.randn(g.shape)).clamp(self.g_min, self.g_max)
-        return self._settle_faults(key, g) - self.offset
+        return self._settle_faults(key, g) - offset
 
     def program_all(self, targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Weights after programming every key's ``targets`` (in their order, each as
-        :meth:`program`). With ``fault_aware``, a stuck or open device's error (what it holds
-        minus its target) is added to its pair partner's target, where the partner works, so the
-        pair's difference g+ − g− is the target's as far as the partner's range allows (a
+        :meth:`program`). With ``fault_aware``, a stuck or open device's error (the weight it
+        holds minus its target) is added to its pair partner's target, where the partner works,
+        so the pair's difference g+ − g− is the target's as far as the partner's range allows (a
         fault-tolerant mapping in the spirit of Xia et al., "Stuck-at fault tolerance in RRAM
         computing systems", IEEE JETCAS 8, 102 (2018))."""
         targets = {k: t.detach().to(self.cc.dtype) for k, t in targets.items()}
@@ -140,8 +164,8 @@ class DeviceArray:
             shifted = dict(targets)
             for a, b in self.pairs.items():
                 for bad, partner in ((a, b), (b, a)):
-                    want = (targets[bad] + self.offset).clamp(self.g_min, self.g_max)
-                    error = self._settle_faults(bad, want) - want  # 0 where the device works
+                    held = self._settle_faults(bad, torch.zeros_like(targets[bad])) - self.offsets[bad]
+                    error = torch.where(self.faults[bad] == OK, 0.0, held - targets[bad])
                     shifted[partner] = shifted[partner] + torch.where(self.faults[partner] == OK, error, 0.0)
             targets = shifted
         return {k: self.program(k, t) for k, t in targets.items()}
@@ -155,7 +179,8 @@ class DeviceArray:
         """Weights after asking each device to move from the weight ``w`` to ``proposed`` (S):
         whole level steps (when quantised) with cycle-to-cycle noise, up/down asymmetry, soft
         bounds and each device's own step size, acting on its conductance g = w + offset."""
-        return self._update_conductance(key, w.detach() + self.offset, proposed.detach() + self.offset) - self.offset
+        offset = self.offsets[key]
+        return self._update_conductance(key, w.detach() + offset, proposed.detach() + offset) - offset
 
     def _update_conductance(self, key: str, g: torch.Tensor, proposed: torch.Tensor) -> torch.Tensor:
         """:meth:`update` on the devices' conductances."""
@@ -236,7 +261,7 @@ class DeviceArray:
             return None
         out = {}
         for k in self.keys:
-            g = self.hardware.params[k].detach().double() + self.offset
+            g = (self.hardware.params[k].detach() + self.offsets[k]).double()
             out[k] = torch.where(g > 0, (g / self.g_max) ** -gamma, 0.0)  # g = 0 (open): no 1/f part
         return out
 
@@ -265,7 +290,7 @@ class DeviceArray:
         if self.noise is not None:
             xi = self.noise.mean_over(windows, self._flicker_gain())
         for k in self.keys:
-            g = p[k] + self.offset  # the device's conductance
+            g = p[k] + self.offsets[k]  # the device's conductance
             if k in self.nu:
                 g = g * (m.drift_time / m.drift_t0) ** (-self.nu[k])
             if xi is not None:
@@ -284,7 +309,7 @@ class DeviceArray:
 
     def _as_weights(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Parameters ``p`` with the devices' conductances turned into weights (− offset)."""
-        return {**p, **{k: p[k] - self.offset for k in self.keys}}
+        return {**p, **{k: p[k] - self.offsets[k] for k in self.keys}}
 
     def _with_noise_per_sample(self, p: dict[str, torch.Tensor], var: dict[str, torch.Tensor | float]) -> Compiled:
         """The circuit at device conductances ``p`` (as weights) with independent read noise of relative variance

@@ -279,10 +279,12 @@ class AnalogCircuit(nn.Module, EPModel):
 
     def to_circuit(self) -> Circuit:
         """The Circuit IR with the present conductances, for export (SPICE decks). With
-        devices under ``floor_compensation`` these are the weights (conductance − α·g_min): the
-        passive circuit the compensated one is equivalent to. An open device there acts as a
-        negative weight −α·g_min, which a passive conductance cannot be: it is exported as 0."""
-        if self.devices is None or not self.devices.offset:
+        devices these are the weights (under ``floor_compensation``, conductance − α·g_min):
+        the passive circuit the compensated one is equivalent to. A negative weight (an open
+        device under compensation, −α·g_min; the partner in a pair trimmed around a stuck device,
+        ``fault_aware``) is a conductance of its node alone, which a passive pair cannot be: it
+        is exported as 0."""
+        if self.devices is None:
             return self.cc.to_circuit()
         params = {**self.cc.params, **{k: p.detach().clamp_min(0) for k, p in self.trainable().items()}}
         return dataclasses.replace(self.cc, params=params, cache={}).to_circuit()
