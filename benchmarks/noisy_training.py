@@ -15,11 +15,14 @@ and what it buys in accuracy. Adam at the ideal run's rate (3e-7 S per step), β
 (centred) and 4e-4 S (lock-in amplitude) as in noisy_gradient.py. One device realisation and
 one run per point: differences of a point or so are within the spread between realisations.
 
-    .venv/bin/python benchmarks/noisy_training.py [--json] [--train-subset 10000] [--devices cpu]
+    .venv/bin/python benchmarks/noisy_training.py [--json] [--train-subset 10000] [--devices cpu] [--compensated]
 
 Writes benchmarks/results/noisy_training.json and noisy_training.png; with --json the last line
 is one JSON object with the best (lowest) test error under the reram preset, its estimator and
-its measurement time per step.
+its measurement time per step. ``--compensated``: the circuit of
+examples/mnist_xs_reram_finetune.toml instead — the devices' floor cancelled per node
+(``floor_compensation = 1``), fault-aware programming, that config's rate — written to
+noisy_training_compensated.json/.png.
 """
 from __future__ import annotations
 
@@ -28,13 +31,14 @@ import json
 from pathlib import Path
 
 from analog_ep.studies.sweep import fine_tune
-from analog_ep.train import load_checkpoint
+from analog_ep.train import Config, load_checkpoint
 from noisy_gradient import (DEFAULT_WINDOW, ESTIMATORS, NOISE, NOISELESS, WINDOWS, add_estimator_options, pareto_panels,
                             write_result)
 from torch_devices import parse_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "examples/pretrained/mnist_xs/checkpoint.pt"
+COMPENSATED = ROOT / "examples/mnist_xs_reram_finetune.toml"  # --compensated: its circuit settings and rate
 
 
 def pareto_figure(rows: list[dict], baseline: float):
@@ -49,10 +53,17 @@ def pareto_figure(rows: list[dict], baseline: float):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train-subset", type=int, default=10_000, help="training images of in-the-loop EP per run")
+    ap.add_argument("--compensated", action="store_true",
+                    help="floor compensation and fault-aware programming, Adam at 1e-7 S (examples/mnist_xs_reram_finetune.toml)")
     add_estimator_options(ap)
     args = ap.parse_args()
     device = parse_devices(ap, args.devices, loops=False)[0]
-    out = ROOT / "benchmarks/results/noisy_training.json"
+    out = ROOT / f"benchmarks/results/noisy_training{'_compensated' if args.compensated else ''}.json"
+    circuit, lr = {}, {}
+    if args.compensated:
+        cfg = Config.load(COMPENSATED)
+        circuit = {k: cfg.device.settings[k] for k in ("floor_compensation", "fault_aware")}
+        lr = dict(lr=list(cfg.train.lr))
     if args.plot_only:
         last = json.loads(out.read_text())
         pareto_figure(last["rows"], last["ideal_test_error"]).savefig(out.with_suffix(".png"), dpi=120)
@@ -65,9 +76,9 @@ def main() -> None:
         windows = (DEFAULT_WINDOW,) if noise == NOISELESS else WINDOWS[:2]
         for (label, est, readout), window in ((e, w) for e in ESTIMATORS for w in windows):
             beta = args.lockin_beta if est.kind == "lockin" else args.beta
-            tuned = fine_tune(CHECKPOINT, preset="reram", settings=dict(overrides, **readout, read_window=window),
+            tuned = fine_tune(CHECKPOINT, preset="reram", settings=dict(overrides, **readout, **circuit, read_window=window),
                               train=dict(estimator=est.kind, lockin_periods=est.periods, lockin_points=est.points,
-                                         beta=beta), train_subset=args.train_subset, data=data, device=device)
+                                         beta=beta, **lr), train_subset=args.train_subset, data=data, device=device)
             err, per_step = tuned.error(data.x_test, data.y_test), tuned.history[-1].measurement_time
             row = dict(noise=noise, estimator=label, read_window_s=window, beta_S=beta, test_error=err,
                        measurement_time_s=per_step, default_budget=window == DEFAULT_WINDOW)
@@ -78,7 +89,7 @@ def main() -> None:
     best = min((r for r in rows if r["noise"] == "reram"), key=lambda r: r["test_error"])
     result = dict(circuit="XS 2x784-100-10 (examples/pretrained/mnist_xs), fine-tuned in the loop on the reram preset",
                   start=str(CHECKPOINT.relative_to(ROOT)), ideal_test_error=baseline, train_subset=args.train_subset,
-                  lr=list(ideal.cfg.train.lr), beta=args.beta, lockin_beta=args.lockin_beta, realisations=1, rows=rows,
+                  device_settings=circuit, lr=lr.get("lr", list(ideal.cfg.train.lr)), beta=args.beta, lockin_beta=args.lockin_beta, realisations=1, rows=rows,
                   best_test_error=best["test_error"], best_estimator=best["estimator"],
                   best_measurement_time_s=best["measurement_time_s"])
     write_result(out, result, pareto_figure(rows, baseline), dict(
