@@ -459,12 +459,18 @@ def test_fault_aware_programming_keeps_each_pairs_difference():
     assert torch.equal(got[p][both_ok], naive[p][both_ok])
 
 
-def test_export_of_a_floor_compensated_circuit_gives_the_weights():
+def test_export_of_a_floor_compensated_circuit_keeps_each_pairs_weight():
+    """Export gives the weights; a pair with a negative one (an open device under compensation)
+    is lifted to non-negative values with the same difference."""
     from analog_ep.circuit import Conductances
     from analog_ep.models import AnalogCircuit
     m = AnalogCircuit("64,16,10", amplifier_gain=4.0, dtype=torch.float64, g_init=(2e-5, 5e-5))
     m.attach_devices(DeviceModel.build(on_off=10.0, open=0.1, floor_compensation=1.0), seed=0)
-    w = m.trainable()["g:w1p"].detach()
-    assert float(w.min()) == -1e-5  # an open device: the node's compensation overshoots by g_min
-    exported = m.to_circuit().group(Conductances, "w1p").g
-    np.testing.assert_array_equal(exported, w.clamp_min(0).numpy())
+    wp, wn = m.trainable()["g:w1p"].detach(), m.trainable()["g:w1n"].detach()
+    assert float(wp.min()) == -1e-5  # an open device: the node's compensation overshoots by g_min
+    c = m.to_circuit()
+    ep, en = c.group(Conductances, "w1p").g, c.group(Conductances, "w1n").g
+    assert ep.min() >= 0 and en.min() >= 0
+    np.testing.assert_allclose(ep - en, (wp - wn).numpy(), rtol=0, atol=1e-18)
+    fine = ((wp >= 0) & (wn >= 0)).numpy()
+    np.testing.assert_array_equal(ep[fine], wp.numpy()[fine])

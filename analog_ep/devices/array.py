@@ -312,8 +312,8 @@ class DeviceArray:
         return {**p, **{k: p[k] - self.offsets[k] for k in self.keys}}
 
     def _with_noise_per_sample(self, p: dict[str, torch.Tensor], var: dict[str, torch.Tensor | float]) -> Compiled:
-        """The circuit at device conductances ``p`` (as weights) with independent read noise of relative variance
-        ``var[k]`` (per device or one number) per sample (``sequential_reads``). A device g
+        """The circuit at device conductances ``p`` (as weights) with independent read noise of
+        relative variance ``var[k]`` (per device or one number) per sample (``sequential_reads``). A device g
         between a free root i (gain γ_i) and a fixed node j (gain γ_j, value u_j) contributes
         γ_i²·g to the diagonal D_i and γ_i γ_j g u_j to the injected current f_i, so its noise ξg
         (variance σ²g²) moves (ΔD_i, Δf_i) by a jointly Gaussian pair whose variances and

@@ -282,11 +282,17 @@ class AnalogCircuit(nn.Module, EPModel):
         devices these are the weights (under ``floor_compensation``, conductance − α·g_min):
         the passive circuit the compensated one is equivalent to. A negative weight (an open
         device under compensation, −α·g_min; the partner in a pair trimmed around a stuck device,
-        ``fault_aware``) is a conductance of its node alone, which a passive pair cannot be: it
-        is exported as 0."""
+        ``fault_aware``) is a conductance of its node alone, which no passive element is: a pair
+        with one is exported with both weights raised by its magnitude, which keeps the pair's
+        signed weight w+ − w− and adds twice that magnitude to the node's load (an unpaired
+        negative weight is exported as 0)."""
         if self.devices is None:
             return self.cc.to_circuit()
-        params = {**self.cc.params, **{k: p.detach().clamp_min(0) for k, p in self.trainable().items()}}
+        w = {k: p.detach() for k, p in self.trainable().items()}
+        for a, b in self.pairs().items():
+            lift = torch.minimum(torch.minimum(w[a], w[b]), torch.zeros_like(w[a]))
+            w[a], w[b] = w[a] - lift, w[b] - lift
+        params = {**self.cc.params, **{k: v.clamp_min(0) for k, v in w.items()}}
         return dataclasses.replace(self.cc, params=params, cache={}).to_circuit()
 
     def with_inputs(self, x: Sequence[float]) -> Circuit:
