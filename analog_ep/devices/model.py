@@ -15,6 +15,10 @@ Read noise has two models (``read_noise_model``):
   means on the EP step's time axis (``read_window``, ``read_repeats``, ``settle_time``,
   ``adc_conversion_time``; ``readout.py``). ``read_noise`` is not used.
 
+Two fields describe the circuit around the devices rather than the devices: ``floor_compensation``
+(a negative conductance per node cancels the devices' floor g_min) and ``fault_aware``
+(programming works around stuck and open devices); ``DeviceArray`` explains both.
+
 Each model ignores the other's read-noise fields (``read_noise`` vs ``white_*``, ``flicker_*``,
 ``rtn_*``), so a preset carries both: ``DeviceModel.build("reram", read_noise_model="per_settle")``
 is the original ReRAM preset. The read-out fields (``read_repeats``, ``cds``, ``diff_adc_*``,
