@@ -54,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train-subset", type=int, default=10_000, help="training images of in-the-loop EP per run")
     ap.add_argument("--compensated", action="store_true",
-                    help="floor compensation and fault-aware programming, Adam at 1e-7 S (examples/mnist_xs_reram_finetune.toml)")
+                    help="floor compensation, fault-aware programming and the rate of examples/mnist_xs_reram_finetune.toml")
     add_estimator_options(ap)
     args = ap.parse_args()
     device = parse_devices(ap, args.devices, loops=False)[0]

@@ -65,6 +65,8 @@ class DeviceArray:
         self.accumulator = ({k: torch.zeros(shape(k), dtype=cc.dtype, device=cc.device) for k in self.keys}
                             if m.update_threshold else {})
         self.offsets = self._trimmed_offsets()
+        # whether any weight differs from its conductance: reads skip the shift when none does
+        self.shifted = any(isinstance(o, torch.Tensor) or o for o in self.offsets.values())
         self.nu = ({k: m.drift_nu + m.drift_nu_std * self.randn(shape(k)) for k in self.keys}
                    if m.drift_nu and m.drift_time > m.drift_t0 else {})
         static = {}
@@ -261,7 +263,8 @@ class DeviceArray:
             return None
         out = {}
         for k in self.keys:
-            g = (self.hardware.params[k].detach() + self.offsets[k]).double()
+            g = self.hardware.params[k].detach()
+            g = (g + self.offsets[k] if self.shifted else g).double()
             out[k] = torch.where(g > 0, (g / self.g_max) ** -gamma, 0.0)  # g = 0 (open): no 1/f part
         return out
 
@@ -290,7 +293,7 @@ class DeviceArray:
         if self.noise is not None:
             xi = self.noise.mean_over(windows, self._flicker_gain())
         for k in self.keys:
-            g = p[k] + self.offsets[k]  # the device's conductance
+            g = p[k] + self.offsets[k] if self.shifted else p[k]  # the device's conductance
             if k in self.nu:
                 g = g * (m.drift_time / m.drift_t0) ** (-self.nu[k])
             if xi is not None:
@@ -309,7 +312,7 @@ class DeviceArray:
 
     def _as_weights(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Parameters ``p`` with the devices' conductances turned into weights (− offset)."""
-        return {**p, **{k: p[k] - self.offsets[k] for k in self.keys}}
+        return {**p, **{k: p[k] - self.offsets[k] for k in self.keys}} if self.shifted else p
 
     def _with_noise_per_sample(self, p: dict[str, torch.Tensor], var: dict[str, torch.Tensor | float]) -> Compiled:
         """The circuit at device conductances ``p`` (as weights) with independent read noise of

@@ -289,7 +289,7 @@ class AnalogCircuit(nn.Module, EPModel):
         if self.devices is None:
             return self.cc.to_circuit()
         w = {k: p.detach() for k, p in self.trainable().items()}
-        for a, b in self.pairs().items():
+        for a, b in self.devices.pairs.items():
             lift = torch.minimum(torch.minimum(w[a], w[b]), torch.zeros_like(w[a]))
             w[a], w[b] = w[a] - lift, w[b] - lift
         params = {**self.cc.params, **{k: v.clamp_min(0) for k, v in w.items()}}
