@@ -166,6 +166,33 @@ class Compiled:
         offset = self.node_offset(params)
         return ext[:, self.root] * gain + (0.0 if offset is None else offset)
 
+    def node_voltages(self, s: torch.Tensor, u: torch.Tensor, nodes: Columns) -> torch.Tensor:
+        """Voltages (B, n), V, of the nodes ``nodes`` (node indices, or a slice of them) alone:
+        ``voltages(s, u)[:, nodes]`` without gathering every node (a layer's nodes, whose roots
+        are all free or all sources, are read from s or u directly)."""
+        root, nf = self.root[nodes], self.n_free
+        if bool((root < nf).all()):
+            ext, idx = s, root
+        elif bool(((root >= nf) & (root < nf + self.n_src)).all()):
+            ext, idx = u.expand(s.shape[0], -1), root - nf
+        else:  # ground or a mix
+            return self.voltages(s, u)[:, nodes]
+        gain, offset = self.gain_and_offset()
+        V = ext[:, columns(idx)] * gain[nodes]
+        return V if offset is None else V + offset[nodes]
+
+    def gain_and_offset(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`node_gain` and :meth:`node_offset` of the present parameters, cached in
+        ``cache`` until an amplifier's gain or offset tensor changes."""
+        keys = self.cache.get("amp_keys")
+        if keys is None:
+            keys = self.cache["amp_keys"] = [k for k in self.params if k.startswith(("a:", "off:"))]
+        key = tuple((id(self.params[k]), self.params[k]._version) for k in keys)
+        hit = self.cache.get("gain")
+        if hit is None or hit[0] != key:
+            hit = self.cache["gain"] = (key, self.node_gain(), self.node_offset())
+        return hit[1], hit[2]
+
     def to_circuit(self) -> Circuit:
         """The circuit with the present conductance values (e.g. after training)."""
         values = {b.name[2:]: self.params[b.name].detach().cpu().double().numpy() for b in self.blocks

@@ -19,9 +19,10 @@ def nudge_energy(cc: Compiled, V: torch.Tensor, beta, target: torch.Tensor | Non
     return 0.5 * beta * ((V[:, cc.outputs] - target) ** 2).sum(1)
 
 
-def cost(cc: Compiled, V: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The MSE cost ½ Σ (V_out − y)² per sample (V²)."""
-    return 0.5 * ((V[:, cc.outputs] - target) ** 2).sum(1)
+def cost(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The MSE cost ½ Σ (V_out − y)² per sample (V²), of output voltages ``out`` (B, n_out), V,
+    against targets y (B, n_out), V."""
+    return 0.5 * ((out - target) ** 2).sum(1)
 
 
 def energy(cc: Compiled, s: torch.Tensor, u: torch.Tensor, *, beta=0.0, target: torch.Tensor | None = None,

@@ -55,38 +55,57 @@ def _conductance_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) 
     blocks = [b for b in cc.blocks if b.name in keys]
     if not blocks:
         return {}
-    states = [(torch.as_tensor(w, dtype=cc.dtype, device=cc.device).reshape(-1, 1), circ.voltages(s.detach(), u))
+    states = [(torch.as_tensor(w, dtype=cc.dtype, device=cc.device).reshape(-1, 1), s.detach(), circ)
               for w, s, circ in weights_and_states]
-    total = lambda f: sum(f(w, V) for w, V in states)
+    memo: dict[tuple, torch.Tensor] = {}  # blocks often share a side (a layer's nodes): computed once
+
+    def once(what: str, k: int, nodes, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = (what, k) + ((nodes.start, nodes.stop) if isinstance(nodes, slice) else (id(nodes),))
+        if key not in memo:
+            memo[key] = make()
+        return memo[key]
+
+    side = lambda k, nodes: once("V", k, nodes, lambda: states[k][2].node_voltages(states[k][1], u, nodes))  # V
+    weighted = lambda nodes: once("wV", -1, nodes, lambda: sum(w * side(k, nodes) for k, (w, _, _) in enumerate(states)))
+    half = lambda nodes: once("wV2", -1, nodes, lambda: 0.5 * sum((w * side(k, nodes) ** 2).sum(0)
+                                                                   for k, (w, _, _) in enumerate(states)))
     circuits = {id(circ) for _, _, circ in weights_and_states}
-    cancels = len(circuits) == 1 and not bool(sum(w for w, _ in states).any())
+    cancels = len(circuits) == 1 and not bool(sum(w for w, _, _ in states).any())
     grads = {}
     with torch.no_grad():
         for blk in blocks:
-            a, b = blk.a, blk.b
             if not blk.dense:
-                grads[blk.name] = 0.5 * total(lambda w, V: (w * (V[:, a] - V[:, b]) ** 2).sum(0))
+                drop = lambda k: side(k, blk.a) - side(k, blk.b)
+                grads[blk.name] = 0.5 * sum((w * drop(k) ** 2).sum(0) for k, (w, _, _) in enumerate(states))
                 continue
-            fixed_a, fixed_b = bool((cc.root[a] >= cc.n_free).all()), bool((cc.root[b] >= cc.n_free).all())
+            fixed_a, fixed_b = bool((cc.root[blk.a] >= cc.n_free).all()), bool((cc.root[blk.b] >= cc.n_free).all())
             a, b = blk.a_cols, blk.b_cols  # slices where contiguous: views, not gathers
             # a fixed side's ½ΣwV² cancels exactly where the weights do and every state is of
             # one circuit (EP's differences): its voltages are the same in each state
             skip_a, skip_b = (cancels and fixed_a), (cancels and fixed_b)
-            V0 = states[0][1]
-            half = lambda side: 0.5 * total(lambda w, V: (w * V[:, side] ** 2).sum(0))
-            sq = V0.new_zeros(1, 1)  # broadcast by addmm
+            sq = states[0][1].new_zeros(1, 1)  # broadcast by addmm
             if not skip_a:
                 sq = sq + half(a)[:, None]
             if not skip_b:
                 sq = sq + half(b)[None, :]
             if fixed_a:
-                lhs, rhs = V0[:, a].T, total(lambda w, V: w * V[:, b])
+                lhs, rhs = side(0, a).T, weighted(b)
             elif fixed_b:
-                lhs, rhs = total(lambda w, V: w * V[:, a]).T, V0[:, b]
+                lhs, rhs = weighted(a).T, side(0, b)
             else:
-                lhs, rhs = torch.cat([w * V[:, a] for w, V in states]).T, torch.cat([V[:, b] for _, V in states])
-            grads[blk.name] = torch.addmm(sq, lhs, rhs, alpha=-1)
+                lhs = torch.cat([w * side(k, a) for k, (w, _, _) in enumerate(states)]).T
+                rhs = torch.cat([side(k, b) for k in range(len(states))])
+            grads[blk.name] = _minus_product(sq, lhs, rhs)
     return grads
+
+
+def _minus_product(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """c − a @ b (c broadcast to the product's shape), computed as (cᵀ − bᵀaᵀ)ᵀ where b has
+    fewer columns than a has rows: BLAS is several times slower on a tall, thin product of
+    transposed operands (a (1024, 384) by (384, 10) block's gradient) than on its transpose."""
+    if b.shape[1] < a.shape[0]:
+        return torch.addmm(c.T, b.T, a.T, alpha=-1).T.contiguous()
+    return torch.addmm(c, a, b, alpha=-1)
 
 
 def weighted_param_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -126,7 +145,7 @@ def ep_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, beta: float
     difference = lambda a, b, w: weighted_param_grads(cc, keys, [(w, measure(b.s), b.cc), (-w, measure(a.s), a.cc)], u)
     grads, nudged = ep_estimate(free, nudge, difference, mode=mode, beta=beta, batch=u.shape[0], sign=sign,
                                 generator=generator, dtype=cc.dtype, device=cc.device)
-    return EPResult(grads, free, nudged, cost(cc, free.V, target))
+    return EPResult(grads, free, nudged, cost(free.outputs, target))
 
 
 def equilibrium_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, *, keys: list[str] | None = None,
@@ -140,7 +159,7 @@ def equilibrium_gradient(cc: Compiled, u: torch.Tensor, target: torch.Tensor, *,
     B = u.shape[0]
     free = settle(cc, u, **settle_kw) if free is None else free
     s = free.s.detach().clone().requires_grad_(True)
-    (dL_ds,) = torch.autograd.grad(cost(cc, cc.voltages(s, u), target).sum() / B, s)
+    (dL_ds,) = torch.autograd.grad(cost(cc.node_voltages(s, u, cc.outputs), target).sum() / B, s)
     with torch.no_grad():
         H = hessian(assemble(cc, u), free.s)
         lam = torch.linalg.solve(H, dL_ds.unsqueeze(-1)).squeeze(-1)

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from .compiled import Columns, Compiled, add_columns_, columns, set_columns_
+from .fusion import fusable
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 _EXP_MAX = 40.0  # diode exponent beyond which the I-V curve is continued linearly in Newton
@@ -203,13 +204,31 @@ class Coupling:
         return torch.cat(rows), torch.cat(cols), torch.cat(vals)
 
 @dataclass
+class FixedBlock:
+    """A dense conductance block g (n_a, n_b), S, between free roots ``free`` (its rows, with
+    their gains γ_a) and fixed ones ``fixed`` (its columns: indices into [u | 0], gains γ_b):
+    the sources u push the current γ_a ⊙ (g (γ_b ⊙ u_fixed)), A, into the free rows."""
+
+    free: Columns
+    fixed: Columns
+    g: torch.Tensor
+    gain_free: torch.Tensor
+    gain_fixed: torch.Tensor
+
+    def inflow(self, ext_u: torch.Tensor) -> torch.Tensor:
+        """The current (B, n_a), A, pushed into the free rows by ext_u = [u | 0] (B, n_src + 1), V."""
+        return ((ext_u[:, self.fixed] * self.gain_fixed) @ self.g.T) * self.gain_free
+
+
+@dataclass
 class StaticOperators:
     """The parts of the operators that depend on the parameters only: built once and reused
     by every settle until a parameter tensor changes (training updates bump its version)."""
 
     D: torch.Tensor  # (n_free,) total conductance seen by each free root, S
     D_fix: torch.Tensor  # (n_free,) its part towards fixed nodes (Johnson noise), S
-    K: torch.Tensor  # (n_src + 1, n_free), S: f_fixed = [u | 0] @ K + f_const
+    K: torch.Tensor | None  # (n_src + 1, n_free), S, of the sparse couplings to fixed nodes (None: none)
+    fixed_blocks: list[FixedBlock]  # dense blocks between free and fixed nodes
     f_const: torch.Tensor  # (n_free,) injected currents, A
     M: Coupling
     ff: Callable[[], tuple]  # (ra, rb, γa, γb, g) of free-free elements, for Johnson noise (built on demand)
@@ -252,6 +271,8 @@ def static_operators(cc: Compiled) -> StaticOperators:
     D = torch.zeros(nf, dtype=dt, device=dev)
     D_fix = torch.zeros(nf, dtype=dt, device=dev)
     K = torch.zeros(ns + 1, nf, dtype=dt, device=dev)
+    k_used = False
+    fixed_blocks: list[FixedBlock] = []
     R, C, W = [], [], []
     ffa, ffb, ffga, ffgb, ffg = [], [], [], [], []
     dense, dense_ff = [], []
@@ -264,7 +285,7 @@ def static_operators(cc: Compiled) -> StaticOperators:
         g = p[blk.name]
         ra, rb, ga, gb = root[blk.a], root[blk.b], gain[blk.a], gain[blk.b]
         if blk.dense and bool((ra < nf).all()) != bool((rb < nf).all()):
-            _add_dense_to_fixed(D, D_fix, K, nf, ra, rb, ga, gb, g)
+            fixed_blocks.append(_dense_to_fixed(D, D_fix, nf, ra, rb, ga, gb, g))
             continue
         if blk.dense and _layer_block(positions, nf, ra, rb):  # two free layers: kept dense
             D.index_add_(0, ra, ga * ga * g.sum(1))
@@ -290,6 +311,7 @@ def static_operators(cc: Compiled) -> StaticOperators:
         W += [w[pair], w[pair]]
         ffa.append(ra[pair]), ffb.append(rb[pair]), ffga.append(ga[pair]), ffgb.append(gb[pair]), ffg.append(g[pair])
         oa, ob = fa & ~fb, fb & ~fa
+        k_used = k_used or bool((oa | ob).any())
         K.index_put_((rb[oa] - nf, ra[oa]), w[oa], accumulate=True)
         K.index_put_((ra[ob] - nf, rb[ob]), w[ob], accumulate=True)
         D_fix.index_add_(0, ra[oa], (ga * ga * g)[oa])
@@ -318,11 +340,12 @@ def static_operators(cc: Compiled) -> StaticOperators:
                           ga[:, None].expand_as(g).reshape(-1), gb[None, :].expand_as(g).reshape(-1), g.reshape(-1)))
         return tuple(cat([q[i] for q in parts], torch.long if i < 2 else dt) for i in range(5))
 
-    dio, dio_fixed = _diodes(cc, gain, positions)
+    dio, dio_fixed = _cached_diodes(cc, gain, positions)
     dio_offset = None
     if offset is not None and cc.diodes:
         dio_offset = torch.cat([offset[d.anode] - offset[d.cathode] for d in cc.diodes])
-    static = StaticOperators(D, D_fix, K, f_const, M, ff, dio, dio_fixed, gain, offset, dio_offset)
+    static = StaticOperators(D, D_fix, K if k_used else None, fixed_blocks, f_const, M, ff, dio, dio_fixed, gain,
+                             offset, dio_offset)
     cc.cache["static"] = (key, static)
     return static
 
@@ -354,20 +377,16 @@ def _add_offset_currents(cc: Compiled, f: torch.Tensor, gain: torch.Tensor, offs
         f.index_add_(0, rb[fb], (gb * into_b)[fb])
 
 
-def _add_dense_to_fixed(D, D_fix, K, nf, ra, rb, ga, gb, g) -> None:
+def _dense_to_fixed(D, D_fix, nf, ra, rb, ga, gb, g) -> FixedBlock:
     """A dense block between free rows and fixed columns (or the reverse), e.g. input sources
-    to a hidden layer: row/column sums and two index_adds, never an m×n index expansion."""
+    to a hidden layer: its load on the free side added to D and D_fix (row sums), and the block
+    itself, whose current into the free side is one matrix product per batch of sources."""
     if not bool((ra < nf).all()):  # make the rows the free side
         ra, rb, ga, gb, g = rb, ra, gb, ga, g.T
     load = ga * ga * g.sum(1)
     D.index_add_(0, ra, load)
     D_fix.index_add_(0, ra, load)
-    w = (g * ga[:, None] * gb[None, :]).T  # (fixed, free)
-    rows, cols = columns(rb - nf), columns(ra)
-    if isinstance(rows, slice) and isinstance(cols, slice):  # contiguous sources and roots (layered nets)
-        K[rows, cols] += w
-    else:
-        K.index_add_(1, ra, torch.zeros(K.shape[0], ra.numel(), dtype=K.dtype, device=K.device).index_add_(0, rb - nf, w))
+    return FixedBlock(columns(ra), columns(rb - nf), g, ga, gb)
 
 
 def assemble(cc: Compiled, u: torch.Tensor, beta: float | torch.Tensor = 0.0,
@@ -407,12 +426,29 @@ def _source_terms(st: StaticOperators, u: torch.Tensor) -> tuple[torch.Tensor, t
     into each free root (B, n_free), A; the part of each diode's voltage they fix (B, n_d), V;
     and that part gathered into each colour's Slots (or None)."""
     ext_u = torch.cat([u, u.new_zeros(u.shape[0], 1)], dim=1)  # [u | ground], indexed by root - nf
-    f = ext_u @ st.K + st.f_const
+    f = st.f_const.expand(u.shape[0], -1).clone() if st.K is None else ext_u @ st.K + st.f_const
+    for blk in st.fixed_blocks:
+        add_columns_(f, blk.free, blk.inflow(ext_u))
     d, idx, k = st.dio_fixed
     v_fixed = u.new_zeros(u.shape[0], st.dio.IS.numel()).index_add(1, d, k * ext_u[:, idx])
     if st.dio_offset is not None:
         v_fixed = v_fixed + st.dio_offset
     return f, v_fixed, [None if sl is None else v_fixed[:, sl.d] for sl in st.dio.slots]
+
+
+_DIODE_KEYS = ("IS:", "N:", "BV:", "IBV:", "a:")  # the parameters the diode set depends on (gains: "a:")
+
+
+def _cached_diodes(cc: Compiled, gain: torch.Tensor, positions: list[torch.Tensor]):
+    """:func:`_diodes`, cached in ``cc.cache`` apart from the rest of the static operators and
+    keyed by the diodes' and amplifiers' parameters only: a training step that changes
+    conductances alone does not rebuild it."""
+    key = tuple((k, id(v), v._version) for k, v in cc.params.items() if k.startswith(_DIODE_KEYS))
+    cached = cc.cache.get("diodes")
+    if cached is None or cached[0] != key:
+        cached = (key, _diodes(cc, gain, positions))
+        cc.cache["diodes"] = cached
+    return cached[1]
 
 
 def _diodes(cc: Compiled, gain: torch.Tensor, positions: list[torch.Tensor]):
@@ -558,16 +594,16 @@ def inflow(ops: Operators, s: torch.Tensor, colour: int | None = None,
     return ops.f_fixed[:, cols] + ops.M.rows(colour, s)
 
 
-def residual(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def residual(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor, fused: bool = False) -> torch.Tensor:
     """KCL residual r = ∂E/∂s (B, n_free), A: the current leaving each free node at voltages s
-    (V) with sources u (V); projected to zero where an active ideal clamp can supply it."""
+    (V) with sources u (V); projected to zero where an active ideal clamp can supply it.
+    ``fused``: the node-by-node diode currents as one compiled kernel per colour."""
     r = ops.D * s - inflow(ops, s)
     dio = ops.dio
     if dio.shock.d.numel() and dio.slotted:
         for sl, w, cols in zip(dio.slots, dio.fixed_slots, ops.M.cols):
             if sl is not None:
-                _, i, _ = sl.currents(w, s[:, cols])
-                set_columns_(r, cols, sl.add(r[:, cols], sl.kap * i))
+                set_columns_(r, cols, _add_slot_currents(sl, w, s[:, cols], r[:, cols], fused=fused))
     elif dio.shock.d.numel():
         i, _ = diode_iv(dio.voltages(s), dio.IS, dio.nvt, dio.xbv)
         r = r.index_add(1, dio.shock.root, dio.shock.kap * i[:, dio.shock.d])
@@ -578,6 +614,14 @@ def residual(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor) -> 
         push = torch.zeros_like(r).index_add(1, dio.clamps.root, at * torch.sign(dio.clamps.kap))
         r = torch.where((push > 0) & (r < 0) | (push < 0) & (r > 0), torch.zeros_like(r), r)
     return r
+
+
+@fusable
+def _add_slot_currents(sl: Slots, w: torch.Tensor, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """base (B, n_c), A, plus the current κ·I each node's slotted diodes draw at node voltages
+    x (B, n_c), V (fixed parts w (B, k, n_c), V)."""
+    _, i, _ = sl.currents(w, x)
+    return sl.add(base, sl.kap * i)
 
 
 def _diode_entries(dio: DiodeSet, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

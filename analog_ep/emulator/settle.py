@@ -53,6 +53,11 @@ class SettleResult:
         the internal nodes of diodes with series resistance at the end)."""
         return self.cc.voltages(self.s, self.u)
 
+    @property
+    def outputs(self) -> torch.Tensor:
+        """Output node voltages (B, n_out), V."""
+        return self.cc.node_voltages(self.s, self.u, self.cc.outputs)
+
     def voltages_of(self, names: Sequence[str]) -> torch.Tensor:
         """Voltages (B, len(names)), V, of the named nodes."""
         nodes = self.cc.circuit.nodes
@@ -62,7 +67,7 @@ class SettleResult:
 def settle(cc: Compiled, u: torch.Tensor | None = None, *, method: str = "auto", rtol: float | None = None,
            atol: float = 0.0, max_iters: int = 20000, on_fail: str = "raise", s0: torch.Tensor | None = None,
            beta: float | torch.Tensor = 0.0, target: torch.Tensor | None = None,
-           options: dict[str, Any] | None = None) -> SettleResult:
+           options: dict[str, Any] | None = None, fused: bool = False) -> SettleResult:
     """Settle the circuit for a batch of source settings: minimise its co-content over the free
     node voltages.
 
@@ -82,7 +87,10 @@ def settle(cc: Compiled, u: torch.Tensor | None = None, *, method: str = "auto",
     — the result says either way.
     s0: warm start (V; e.g. the free state for the nudged phase).
     beta/target: EP nudge (conductance β, in S, from each output to y in V; β may be per
-    sample)."""
+    sample).
+    fused: run the solvers' elementwise kernels (the diode clamps' Newton steps and currents)
+    compiled (:mod:`analog_ep.emulator.fusion`): several times faster per sweep, seconds to
+    compile the first time a shape is seen; the same result to rounding."""
     t0 = time.perf_counter()
     solver = get_solver(method)
     opts = solver.options(options)
@@ -102,7 +110,7 @@ def settle(cc: Compiled, u: torch.Tensor | None = None, *, method: str = "auto",
         s = (ops.f_fixed / ops.D).clone() if s0 is None else s0.detach().to(cc.dtype).expand(B, -1).clone()
         vscale = u.abs().amax(1, keepdim=True).clamp_min(1e-12) if u.numel() else torch.ones(B, 1, dtype=cc.dtype)
         tol = atol + rtol * ops.D * vscale
-        out = solver(Problem(cc, ops, u, beta, target, tol), s, max_iters, opts)
+        out = solver(Problem(cc, ops, u, beta, target, tol, fused), s, max_iters, opts)
         s, ok, it = out.s, out.converged, out.iterations
         r = residual(cc, ops, s, u) if out.r is None else out.r
         res = float(r.abs().max()) if r.numel() else 0.0

@@ -37,6 +37,7 @@ import torch
 from ..circuit.constants import BOLTZMANN
 from .compiled import Compiled
 from .energy import energy
+from .fusion import fusable
 from .operators import Operators, Slots, diode_iv, hessian, hessian_entries, inflow, residual, set_columns_
 
 REQUIRED = object()  # the default of an option that has none: the caller must pass it
@@ -45,7 +46,8 @@ REQUIRED = object()  # the default of an option that has none: the caller must p
 @dataclass(frozen=True)
 class Problem:
     """One settle's fixed data: circuit, operators, sources u (B, n_src) in V, the EP nudge
-    (β in S, target in V) and the stopping tolerance per free node (B, n_free) in A."""
+    (β in S, target in V), the stopping tolerance per free node (B, n_free) in A, and whether
+    the elementwise kernels run fused (:mod:`~analog_ep.emulator.fusion`)."""
 
     cc: Compiled
     ops: Operators
@@ -53,10 +55,11 @@ class Problem:
     beta: float | torch.Tensor
     target: torch.Tensor | None
     tol: torch.Tensor
+    fused: bool = False
 
     def residual(self, s: torch.Tensor) -> torch.Tensor:
         """The KCL residual ∂E/∂s (B, n_free), A, at free voltages s (V)."""
-        return residual(self.cc, self.ops, s, self.u)
+        return residual(self.cc, self.ops, s, self.u, fused=self.fused)
 
     def converged(self, r: torch.Tensor) -> bool:
         """Whether every node's residual is within its tolerance."""
@@ -151,34 +154,43 @@ def _limit_step(step: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, rise: to
 
 
 def _slot_newton(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor,
-                 inner: int, tol: torch.Tensor, restart: bool) -> torch.Tensor:
+                 inner: int, tol: torch.Tensor, restart: bool, fused: bool) -> torch.Tensor:
     """Up to ``inner`` safeguarded Newton steps on each node's convex 1-D problem
     min ½ D x² − f x + Σ co-content(w + κ x), from x (B, n_c), V; w (B, k, n_c) are the fixed
     parts of its diodes' voltages (V), D (S) and f (A) its conductance and inflow, ``tol`` its
     tolerance (A). With ``restart`` (a settle's first sweep: its start may be the linear first
     guess, far into forward bias), a start beyond a diode's knee restarts at the knee; rises
-    are limited by :func:`_allowed_rise`; the steps end early once :func:`_newton_done`."""
+    are limited by :func:`_allowed_rise`; the steps end early once :func:`_step_small`.
+    ``fused``: each step as one compiled kernel (:mod:`~analog_ep.emulator.fusion`)."""
     if restart:
         knee = -(w - sl.vcrit) * sl.inv_kap
         x = sl.bounds(x, knee, knee)
     for _ in range(inner):
-        vd, i, di = sl.currents(w, x)
-        grad = sl.add(Dc * x - f, sl.kap * i)
-        hess = sl.add(Dc.expand_as(x), sl.kap * sl.kap * di)
-        step = -grad / hess
-        rise = _allowed_rise(vd, sl.vcrit, sl.nvt, sl.kap * step[:, None, :]) * sl.inv_akap
-        step = sl.bounds(step, rise, -rise)
-        x = x + step
-        if _newton_done(step, hess, tol):
+        x, done = _slot_newton_step(sl, w, x, Dc, f, tol, fused=fused)
+        if bool(done):
             break
     return x
 
 
-def _newton_done(step: torch.Tensor, hess: torch.Tensor, tol: torch.Tensor) -> bool:
+@fusable
+def _slot_newton_step(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor,
+                      tol: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of :func:`_slot_newton`: the new x (B, n_c), V, and whether it was the last
+    one needed (:func:`_step_small`)."""
+    vd, i, di = sl.currents(w, x)
+    grad = sl.add(Dc * x - f, sl.kap * i)
+    hess = sl.add(Dc.expand_as(x), sl.kap * sl.kap * di)
+    step = -grad / hess
+    rise = _allowed_rise(vd, sl.vcrit, sl.nvt, sl.kap * step[:, None, :]) * sl.inv_akap
+    step = sl.bounds(step, rise, -rise)
+    return x + step, _step_small(step, hess, tol)
+
+
+def _step_small(step: torch.Tensor, hess: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
     """Whether a node-wise Newton step (V) moved every node's current, hess·|step| (S·V), by
-    less than a tenth of its tolerance (A): its remaining error is then of second order, and
-    further steps within this sweep change nothing the stopping rule can see."""
-    return bool((hess * step.abs() <= 0.1 * tol).all())
+    less than a tenth of its tolerance (A), as a 0-d bool tensor: its remaining error is then of
+    second order, and further steps within this sweep change nothing the stopping rule can see."""
+    return (hess * step.abs() <= 0.1 * tol).all()
 
 
 def _allowed_rise(vd: torch.Tensor, vcrit: torch.Tensor, nvt: torch.Tensor, proposed: torch.Tensor) -> torch.Tensor:
@@ -191,11 +203,12 @@ def _allowed_rise(vd: torch.Tensor, vcrit: torch.Tensor, nvt: torch.Tensor, prop
 
 
 def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: torch.Tensor,
-               restart: bool) -> torch.Tensor:
+               restart: bool, fused: bool = False) -> torch.Tensor:
     """One sweep over the colours: each colour's nodes set to their exact optimum given the
     others (weighted mean, then up to ``inner`` safeguarded Newton steps for Shockley diodes,
     then the ideal clamps' clip); ``tol`` (B, n_free), A, is the settle's tolerance; with
-    ``restart`` (the first sweep), Newton starts no further into forward bias than the knee."""
+    ``restart`` (the first sweep), Newton starts no further into forward bias than the knee;
+    ``fused``: the node-by-node Newton's steps as compiled kernels."""
     dio = ops.dio
     s = s.clone()  # updated in place, colour by colour
     for c, colour in enumerate(ops.M.cols):
@@ -206,7 +219,7 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
         if (shock.d.numel() and slots is None) or clamps.d.numel():
             v = dio.voltages(s)
         if slots is not None:  # the same Newton, on the node-by-node layout
-            x = _slot_newton(slots, dio.fixed_slots[c], s[:, colour], Dc, f, inner, tol[:, colour], restart)
+            x = _slot_newton(slots, dio.fixed_slots[c], s[:, colour], Dc, f, inner, tol[:, colour], restart, fused)
         elif shock.d.numel():  # warm-started, step-limited Newton on each node's convex 1-D problem
             w = v[:, shock.d] - shock.kap * s[:, shock.root]  # the part not set by this node
             IS, nvt, vcrit = dio.IS[shock.d], dio.nvt[shock.d], dio.vcrit[shock.d]
@@ -224,7 +237,7 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
                 rise = _allowed_rise(vd, vcrit, nvt, shock.kap * step[:, shock.loc]) / akap
                 step = _limit_step(step, shock.loc, shock.kap, rise)
                 x = x + step
-                if _newton_done(step, hess, tol[:, colour]):
+                if bool(_step_small(step, hess, tol[:, colour])):
                     break
         else:  # no Shockley diode: the conductance-weighted mean is exact
             x = f / Dc
@@ -248,7 +261,7 @@ def _bcd_run(problem: Problem, s: torch.Tensor, max_iters: int, inner: int, chec
     it, r = 0, None
     history: deque[tuple[int, float]] = deque()  # (sweep, ratio) of the checks
     while it < max_iters:
-        s = _bcd_sweep(problem.cc, problem.ops, s, inner, problem.tol, restart=it == 0)
+        s = _bcd_sweep(problem.cc, problem.ops, s, inner, problem.tol, restart=it == 0, fused=problem.fused)
         it += 1
         if it % check_every == 0 or it == max_iters:
             r = problem.residual(s)

@@ -56,7 +56,9 @@ class AnalogCircuit(nn.Module, EPModel):
     output voltages (wrong class, right class) that class labels map to; conductances are kept in
     [``g_min``, ``g_max``] siemens. ``rtol``/``max_iters`` are the settle tolerance (relative
     voltage error) and sweep limit; ``estimator`` how an EP step reads the devices
-    (:mod:`analog_ep.models.estimators`: per-settle EP, CDS, lock-in)."""
+    (:mod:`analog_ep.models.estimators`: per-settle EP, CDS, lock-in); ``fused`` runs the settles'
+    diode kernels compiled (:mod:`analog_ep.emulator.fusion`: faster over a training run, seconds
+    to compile at the first settle of each shape)."""
 
     def __init__(self, layers: str | Sequence[int] | None = None, *, circuit: Circuit | None = None, seed: int = 0,
                  amplifier_gain: float | None = None, diode: str | DiodeModel | None = DiodeModel(),
@@ -64,7 +66,7 @@ class AnalogCircuit(nn.Module, EPModel):
                  bias: bool = True, input_voltage: float = 1.0, g_min: float = 0.0, g_max: float = 1e-4,
                  target: tuple[float, float] = (0.0, 1.0), beta: float = 1e-4, mode: str = "centered",
                  rtol: float | None = None, max_iters: int = 200, dtype: torch.dtype | str = torch.float32,
-                 device: str | torch.device = "cpu", estimator: Estimator = Estimator()):
+                 device: str | torch.device = "cpu", estimator: Estimator = Estimator(), fused: bool = False):
         super().__init__()
         if (layers is None) == (circuit is None):
             raise ValueError("give exactly one of layers= or circuit=")
@@ -77,7 +79,7 @@ class AnalogCircuit(nn.Module, EPModel):
         self.circuit = circuit
         self.input_voltage, self.g_min, self.g_max = float(input_voltage), float(g_min), float(g_max)
         self.target, self.beta, self.mode = tuple(target), float(beta), mode
-        self.rtol, self.max_iters = rtol, int(max_iters)
+        self.rtol, self.max_iters, self.fused = rtol, int(max_iters), bool(fused)
         self.estimator = estimator
         self.devices: DeviceArray | None = None
         self._compile(DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype, torch.device(device))
@@ -114,7 +116,7 @@ class AnalogCircuit(nn.Module, EPModel):
                 g_min=t["g_min"], g_max=t["g_max"], target=tuple(t["target"]), beta=t["beta"], mode=t["nudging"],
                 rtol=t["rtol"], max_iters=t["max_iters"], dtype=t["dtype"], device=device,
                 estimator=Estimator(t.get("estimator", "ep"), t.get("lockin_periods", 4), t.get("lockin_points", 4),
-                                    t.get("update_time", 0.0)))
+                                    t.get("update_time", 0.0)), fused=t.get("fused", False))
         dev = raw.get("device", {})
         if dev.get("in_the_loop"):
             m.attach_devices(DeviceModel.build(dev.get("preset", "ideal"), **dev.get("settings", {})), dev.get("seed", 0))
@@ -165,7 +167,7 @@ class AnalogCircuit(nn.Module, EPModel):
         return self.cc.inputs_to_sources(self.volts(x))
 
     def _settle_kw(self) -> dict:
-        kw = dict(rtol=self.rtol, max_iters=self.max_iters)
+        kw = dict(rtol=self.rtol, max_iters=self.max_iters, fused=self.fused)
         return kw if self.devices is None else {**kw, **self.devices.settle_kw()}
 
     def forward(self, x) -> torch.Tensor:

@@ -82,7 +82,7 @@ def per_settle_reads(cc: Compiled, devices: DeviceArray | None) -> tuple[Callabl
 def output_voltages(res: SettleResult, s: torch.Tensor) -> torch.Tensor:
     """Output node voltages (B, n_out), V, of the circuit ``res`` settled on, at free voltages s
     (e.g. as read)."""
-    return res.cc.voltages(s, res.u)[:, res.cc.outputs]
+    return res.cc.node_voltages(s, res.u, res.cc.outputs)
 
 
 def estimate(cc: Compiled, devices: DeviceArray | None, u: torch.Tensor, target: torch.Tensor, beta: float, *,
@@ -136,7 +136,7 @@ def estimate(cc: Compiled, devices: DeviceArray | None, u: torch.Tensor, target:
             w = [2 * math.cos(p) / (estimator.periods * estimator.points * beta * B) for p in phi]
             grads = weighted_param_grads(cc, keys, [(wk, sk, ck) for wk, (sk, ck) in zip(w, reads)], u)
         out = output_voltages(free, ref[0])
-        loss = cost(cc, free.V, target)
+        loss = cost(free.outputs, target)
     if devices is not None and estimator.update_time:
         devices.wait(estimator.update_time)
     return Estimate(grads, free, out, loss, (0.0 if devices is None else devices.time) - start)

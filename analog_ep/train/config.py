@@ -174,6 +174,7 @@ class TrainConfig:
     dtype: str = setting("float32", choices=("float32", "float64"))
     rtol: float = setting(1e-4, gt=0, circuit_only=True)  # settle tolerance (relative voltage error)
     max_iters: int = setting(200, ge=1, circuit_only=True)  # settle sweeps
+    fused: bool = setting(False, circuit_only=True)  # settles run their diode kernels compiled (torch.compile; analog_ep.emulator.fusion)
     seed: int = setting(0, ge=0)
     eval_batch: int = setting(1000, ge=1)
     # circuits on devices: ep (per-settle reads) | cds | lockin (analog_ep.models.estimators)

@@ -1,0 +1,55 @@
+"""Fused kernels: the settle's elementwise hot spots run through ``torch.compile``, with an eager
+fallback.
+
+A diode clamp's scalar Newton step (:mod:`~analog_ep.emulator.solvers`) is some forty
+elementwise tensor operations over (batch, diodes per node, nodes); run eagerly, each is a pass
+over memory, and for a 1024-node layer at batch 128 these passes, not arithmetic, set the
+time. Compiled (inductor: one C++/OpenMP loop on a CPU, one Triton kernel on a GPU), the step
+is a single pass. The functions stay plain PyTorch: :class:`Fusable` keeps the eager function
+and compiles it the first time a settle asks for ``fused=True``. Where compiling fails (no C++
+compiler, an unsupported platform), it warns once and runs eagerly from then on, with the same
+results. Fused and eager agree to rounding (float32: a few ulps; the tests bound it), not bit
+for bit: the compiled exponential and the fused multiply-adds round differently.
+
+Compiling costs seconds the first time a shape is seen (inductor caches kernels on disk,
+so a later process reuses them), which repays itself over a training run but not over one
+settle: settles are eager unless ``fused=True`` is asked for (``AnalogCircuit(fused=True)``,
+``fused = true`` in a training config).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Generic, ParamSpec, TypeVar
+
+import torch
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Fusable(Generic[P, R]):
+    """A function of tensors that runs eagerly, or compiled when called with ``fused=True``."""
+
+    def __init__(self, fn: Callable[P, R]):
+        self.eager = fn
+        self.__doc__ = fn.__doc__
+        self._compiled: Callable[P, R] | None = None
+        self.broken: str | None = None  # why compiling failed, once it has
+
+    def __call__(self, *args: P.args, fused: bool = False) -> R:
+        if not fused or self.broken is not None:
+            return self.eager(*args)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.eager)
+        try:
+            return self._compiled(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no C++ compiler (InductorError)
+            self.broken = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warnings.warn(f"fused kernel {self.eager.__name__}: torch.compile failed ({self.broken}); "
+                          "running it eagerly", RuntimeWarning, stacklevel=2)
+            return self.eager(*args)
+
+
+def fusable(fn: Callable[P, R]) -> Fusable[P, R]:
+    """Decorator: ``fn`` as a :class:`Fusable`."""
+    return Fusable(fn)
