@@ -85,11 +85,12 @@ def step_flops(tr: Trainer, x, y) -> float:
     return float(counter.flops)
 
 
-def bench(name: str, device: str, dtype: str, batch: int, repeats: int, data) -> dict:
+def bench(name: str, device: str, dtype: str, batch: int, repeats: int, data, eager: bool) -> dict:
     cfg = Config.load(Path(__file__).resolve().parents[1] / "examples" / "mnist_1h.toml")
     cfg.circuit.layers = CIRCUITS[name]
     cfg.train.dtype = "float64" if dtype == "float64" else "float32"
     cfg.train.lr = cfg.train.lr[:1]
+    cfg.train.fused = cfg.train.fused and not eager
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -111,6 +112,7 @@ def bench(name: str, device: str, dtype: str, batch: int, repeats: int, data) ->
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
     peak = matmul_peak(device, torch_dtype)
     row = dict(circuit=name, layers=CIRCUITS[name], device=device, dtype=dtype, batch=batch, inputs=source,
+               fused=cfg.train.fused,
                step_seconds=sec, step_seconds_all=times, per_sample_seconds=sec / batch,
                free_sweeps=float(np.mean(sweeps)), matmul_flops=flops, achieved_flops_per_s=flops / sec,
                matmul_peak_flops_per_s=peak, fraction_of_peak=flops / sec / peak)
@@ -129,6 +131,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,float64")
     add_devices_option(ap, loops=True)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--eager", action="store_true", help="settle eagerly (the config's fused = true turned off)")
     ap.add_argument("--out", default="benchmarks/results/ep_step.json")
     args = ap.parse_args()
     devices = parse_devices(ap, args.devices, loops=True)
@@ -141,7 +144,7 @@ def main() -> None:
                 if dtype == "tf32" and not device.startswith("cuda"):
                     continue
                 for batch in batches:
-                    row = bench(name, device, dtype, batch, args.repeats, data)
+                    row = bench(name, device, dtype, batch, args.repeats, data, args.eager)
                     rows.append(row)
                     print(f"{name:>3s} {device:>5s} {dtype:>7s} batch {batch:>4d}: step {row['step_seconds'] * 1e3:9.2f} ms "
                           f"({row['per_sample_seconds'] * 1e6:9.1f} us/sample), {row['free_sweeps']:.1f} free sweeps, "

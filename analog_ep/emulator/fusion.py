@@ -11,9 +11,11 @@ compiler, an unsupported platform), it warns once and runs eagerly from then on,
 results. Fused and eager agree to rounding (float32: a few ulps; the tests bound it), not bit
 for bit: the compiled exponential and the fused multiply-adds round differently.
 
-Compiling costs seconds the first time a shape is seen (inductor caches kernels on disk,
-so a later process reuses them), which repays itself over a training run but not over one
-settle: settles are eager unless ``fused=True`` is asked for (``AnalogCircuit(fused=True)``,
+Kernels see contiguous inputs, so that a strided view does not compile a variant of its own;
+torch.compile specialises the first shape it sees and makes a dimension symbolic once a second
+size of it comes (a second layer width, an evaluation batch).
+Compiling costs seconds (inductor caches kernels on disk, so a later process reuses them),
+which repays itself over a training run but not over one settle: settles are eager unless ``fused=True`` is asked for (``AnalogCircuit(fused=True)``,
 ``fused = true`` in a training config).
 """
 from __future__ import annotations
@@ -41,6 +43,9 @@ class Fusable(Generic[P, R]):
             return self.eager(*args)
         if self._compiled is None:
             self._compiled = torch.compile(self.eager)
+        # contiguous inputs: a strided view (a colour's columns) or a broadcast (a conductance
+        # shared by the batch) would each compile a variant of its own
+        args = tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
         try:
             return self._compiled(*args)
         except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no C++ compiler (InductorError)

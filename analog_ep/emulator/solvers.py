@@ -160,30 +160,56 @@ def _slot_newton(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, 
     parts of its diodes' voltages (V), D (S) and f (A) its conductance and inflow, ``tol`` its
     tolerance (A). With ``restart`` (a settle's first sweep: its start may be the linear first
     guess, far into forward bias), a start beyond a diode's knee restarts at the knee; rises
-    are limited by :func:`_allowed_rise`; the steps end early once :func:`_step_small`.
-    ``fused``: each step as one compiled kernel (:mod:`~analog_ep.emulator.fusion`)."""
-    if restart:
-        knee = -(w - sl.vcrit) * sl.inv_kap
-        x = sl.bounds(x, knee, knee)
-    for _ in range(inner):
-        x, done = _slot_newton_step(sl, w, x, Dc, f, tol, fused=fused)
-        if bool(done):
-            break
+    are limited by :func:`_allowed_rise`; the steps end once :func:`_step_small`. ``fused``:
+    compiled (:func:`_slot_newton_fused`), the first two steps as one kernel (a warm-started
+    node usually needs one step and a second to confirm it), any further ones one by one."""
+    taken, done = 0, False
+    if fused:
+        first = min(2, inner)
+        x, done = _slot_newton_fused(sl, w, x, Dc, f, tol, first, restart, fused=True)
+        taken = first
+    elif restart:
+        x = _knee_start(sl, w, x)
+    while not done and taken < inner:
+        x, small = _slot_newton_fused(sl, w, x, Dc, f, tol, 1, False, fused=fused)
+        done, taken = bool(small), taken + 1
     return x
 
 
 @fusable
-def _slot_newton_step(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor,
-                      tol: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of :func:`_slot_newton`: the new x (B, n_c), V, and whether it was the last
-    one needed (:func:`_step_small`)."""
-    vd, i, di = sl.currents(w, x)
-    grad = sl.add(Dc * x - f, sl.kap * i)
-    hess = sl.add(Dc.expand_as(x), sl.kap * sl.kap * di)
+def _slot_newton_fused(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor,
+                       tol: torch.Tensor, steps: int, restart: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``steps`` steps of :func:`_slot_newton` (after the knee start, with ``restart``) with
+    no test between them, so that compiled they are one kernel: the new x (B, n_c), V, and
+    whether the last step was small (:func:`_step_small`, a 0-d bool tensor)."""
+    if restart:
+        x = _knee_start(sl, w, x)
+    small = torch.zeros((), dtype=torch.bool, device=x.device)
+    for _ in range(steps):
+        x, step, hess = _slot_newton_step(sl, w, x, Dc, f)
+        small = _step_small(step, hess, tol)
+    return x, small
+
+
+def _knee_start(sl: Slots, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x (B, n_c), V, brought back to no further into forward bias than any diode's knee."""
+    knee = [-(w[:, j] - sl.vcrit[j]) * sl.inv_kap[j] for j in range(sl.kap.shape[0])]
+    return sl.bounds(x, knee, knee)
+
+
+def _slot_newton_step(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor,
+                      f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of :func:`_slot_newton`: the new x (B, n_c), V, the step taken (V) and the
+    Hessian (S) it was taken with."""
+    diodes = sl.currents(w, x)
+    grad, hess = Dc * x - f, Dc.expand_as(x)
+    for j, (_, i, di) in enumerate(diodes):
+        grad, hess = grad + sl.kap[j] * i, hess + sl.kap[j] * sl.kap[j] * di
     step = -grad / hess
-    rise = _allowed_rise(vd, sl.vcrit, sl.nvt, sl.kap * step[:, None, :]) * sl.inv_akap
-    step = sl.bounds(step, rise, -rise)
-    return x + step, _step_small(step, hess, tol)
+    rise = [_allowed_rise(vd, sl.vcrit[j], sl.nvt[j], sl.kap[j] * step) * sl.inv_akap[j]
+            for j, (vd, _, _) in enumerate(diodes)]
+    step = sl.bounds(step, rise, [-r for r in rise])
+    return x + step, step, hess
 
 
 def _step_small(step: torch.Tensor, hess: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:

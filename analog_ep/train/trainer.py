@@ -65,7 +65,8 @@ class Trainer:
         groups = [dict(params=[self.params[k]], lr=self.lr_of(k), name=k) for k in self.keys]
         t = cfg.train
         if t.optimizer == "adam":
-            self.opt = torch.optim.Adam(groups, weight_decay=t.weight_decay)
+            # fused: one kernel per tensor instead of a dozen passes (torch's CPU and CUDA kernels)
+            self.opt = torch.optim.Adam(groups, weight_decay=t.weight_decay, fused=True)
         else:
             self.opt = torch.optim.SGD(groups, momentum=t.momentum, weight_decay=t.weight_decay)
         self.gen = torch.Generator().manual_seed(t.seed)
