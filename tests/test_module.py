@@ -56,7 +56,7 @@ def test_ep_step_grad_is_bit_for_bit_the_emulator_ep_gradient():
     m.ep_step(x, labels)  # accumulates, as autograd's backward does
     assert torch.equal(m.trainable()["g:w1p"].grad, 2 * expect.grads["g:w1p"])
     before = {k: p.detach().clone() for k, p in m.trainable().items()}
-    manual = torch.optim.Adam([torch.nn.Parameter(before["g:w1p"].clone())], lr=2e-6)
+    manual = torch.optim.Adam([torch.nn.Parameter(before["g:w1p"].clone())], lr=2e-6, fused=True)  # the trainer's
     manual.param_groups[0]["params"][0].grad = expect.grads["g:w1p"]
     manual.step()
     tr.step(x, labels)
