@@ -62,7 +62,7 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int = 4096) -> float:
 
 
 class DenseMatmulFlops(TorchDispatchMode):
-    """2·m·k·n of every dense matrix product (mm/addmm/bmm/baddbmm) dispatched while active.
+    """2·m·k·n of every dense matrix product (mm/addmm/addmm_/bmm/baddbmm) dispatched while active.
     Sparse operands are left out: profilers count a CSR product as if it were dense."""
 
     def __init__(self):
@@ -72,7 +72,7 @@ class DenseMatmulFlops(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
-        if name in ("mm", "addmm", "bmm", "baddbmm"):
+        if name in ("mm", "addmm", "addmm_", "bmm", "baddbmm"):
             a, b = args[-2:] if name in ("mm", "bmm") else args[1:3]
             if all(isinstance(t, torch.Tensor) and t.layout == torch.strided for t in (a, b)):
                 self.flops += 2 * a.numel() * b.shape[-1]

@@ -189,11 +189,18 @@ class Coupling:
             add_columns_(out, cb, _times(s[:, ca], W))
         return out
 
-    def rows(self, c: int, s: torch.Tensor) -> torch.Tensor:
-        """The rows of M s (A) that belong to colour c."""
-        n_c = self.csr_rows[c].shape[0]
-        out = (self.csr_rows[c] @ s.T).T if self._sparse else s.new_zeros(s.shape[0], n_c)
+    def rows(self, c: int, s: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """base (B, n_c), A, plus the rows of M s (A) that belong to colour c (base itself is
+        not modified). A dense term that feeds every row of the colour from fewer nodes than
+        it has (an output layer into a hidden one) is one addmm onto base; others go through
+        :func:`_times` and an add."""
+        out, owned = (base + (self.csr_rows[c] @ s.T).T, True) if self._sparse else (base, False)
         for into, src, W in self._terms[c]:
+            if isinstance(into, slice) and into == slice(0, out.shape[1]) and W.shape[1] >= W.shape[0]:
+                out, owned = torch.addmm(out, s[:, src], W), True
+                continue
+            if not owned:
+                out, owned = out.clone(), True
             add_columns_(out, into, _times(s[:, src], W))
         return out
 
@@ -616,20 +623,22 @@ def inflow(ops: Operators, s: torch.Tensor, colour: int | None = None,
     and its diodes; with ``colour`` (and its roots ``cols``), only that colour's rows."""
     if colour is None:
         return ops.f_fixed + ops.M @ s
-    return ops.f_fixed[:, cols] + ops.M.rows(colour, s)
+    return ops.M.rows(colour, s, ops.f_fixed[:, cols])
 
 
 def residual(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor, fused: bool = False) -> torch.Tensor:
     """KCL residual r = ∂E/∂s (B, n_free), A: the current leaving each free node at voltages s
     (V) with sources u (V); projected to zero where an active ideal clamp can supply it.
     ``fused``: the node-by-node diode currents as one compiled kernel per colour."""
-    r = ops.D * s - inflow(ops, s)
     dio = ops.dio
-    if dio.shock.d.numel() and dio.slotted:
-        for sl, w, cols in zip(dio.slots, dio.fixed_slots, ops.M.cols):
-            if sl is not None:
-                set_columns_(r, cols, _add_slot_currents(sl, w, s[:, cols], r[:, cols], fused=fused))
-    elif dio.shock.d.numel():
+    if dio.shock.d.numel() and dio.slotted:  # colour by colour: D x − f + its diodes' currents, one pass
+        r = torch.empty_like(s)
+        for c, (sl, w, cols) in enumerate(zip(dio.slots, dio.fixed_slots, ops.M.cols)):
+            x, Dc, f = s[:, cols], ops.D[:, cols], inflow(ops, s, c, cols)
+            set_columns_(r, cols, Dc * x - f if sl is None else _slot_residual(sl, w, x, Dc, f, fused=fused))
+    else:
+        r = ops.D * s - inflow(ops, s)
+    if dio.shock.d.numel() and not dio.slotted:
         i, _ = diode_iv(dio.voltages(s), dio.IS, dio.nvt, dio.xbv)
         r = r.index_add(1, dio.shock.root, dio.shock.kap * i[:, dio.shock.d])
     if dio.clamps.d.numel():  # an active clamp (v ≈ 0) supplies whatever current pushes outward
@@ -642,12 +651,14 @@ def residual(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor, fus
 
 
 @fusable
-def _add_slot_currents(sl: Slots, w: torch.Tensor, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """base (B, n_c), A, plus the current κ·I each node's slotted diodes draw at node voltages
-    x (B, n_c), V (fixed parts w (B, k, n_c), V)."""
+def _slot_residual(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """A colour's KCL residual D x − f + Σ κ·I (B, n_c), A: its nodes at voltages x (B, n_c), V,
+    with conductance D (S) and inflow f (A), and the current its slotted diodes draw (fixed
+    parts w (B, k, n_c), V)."""
+    r = Dc * x - f
     for j, (_, i, _) in enumerate(sl.currents(w, x)):
-        base = base + sl.kap[j] * i
-    return base
+        r = r + sl.kap[j] * i
+    return r
 
 
 def _diode_entries(dio: DiodeSet, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
