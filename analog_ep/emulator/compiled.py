@@ -122,20 +122,35 @@ class Compiled:
         x = torch.as_tensor(x, dtype=self.dtype, device=self.device)
         x = x.reshape(1, -1) if x.ndim == 1 else x
         u = self.source_values(x.shape[0])
-        pos = {self.circuit.nodes[n]: k for k, n in enumerate(self.sources)}
         if names is not None:
-            cols = [pos[n] for n in names]
-            u[:, cols] = x
+            pos = self._source_positions()
+            u[:, [pos[n] for n in names]] = x
             return u
-        n_in = x.shape[1]
-        try:
-            plus, minus = input_pairs(n_in)
-            p, m = [pos[n] for n in plus], [pos[n] for n in minus]
-        except KeyError:
-            raise CircuitError(f"the circuit has no x{{i}}p/x{{i}}n input pairs for {n_in} inputs; pass names=") from None
+        p, m = self._input_columns(x.shape[1])
         u[:, p] = x
         u[:, m] = -x
         return u
+
+    def _source_positions(self) -> dict[str, int]:
+        """Each source node's name -> its column in u (cached)."""
+        if "source_pos" not in self.cache:
+            self.cache["source_pos"] = {self.circuit.nodes[n]: k for k, n in enumerate(self.sources)}
+        return self.cache["source_pos"]
+
+    def _input_columns(self, n_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The columns of u holding x{i}p and x{i}n, i < n_in (cached per n_in; a CircuitError
+        if the circuit lacks them)."""
+        key = ("input_columns", n_in)
+        if key not in self.cache:
+            pos = self._source_positions()
+            try:
+                plus, minus = input_pairs(n_in)
+                cols = [pos[n] for n in plus], [pos[n] for n in minus]
+            except KeyError:
+                raise CircuitError(f"the circuit has no x{{i}}p/x{{i}}n input pairs for {n_in} inputs; "
+                                   "pass names=") from None
+            self.cache[key] = tuple(torch.as_tensor(c, dtype=torch.long, device=self.device) for c in cols)
+        return self.cache[key]
 
     def node_gain(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """gain[n] of every node: 1, or the product of amplifier gains along its chain."""
