@@ -20,6 +20,7 @@ which repays itself over a training run but not over one settle: settles are eag
 """
 from __future__ import annotations
 
+import types
 import warnings
 from typing import Callable, Generic, ParamSpec, TypeVar
 
@@ -35,19 +36,27 @@ class Fusable(Generic[P, R]):
     def __init__(self, fn: Callable[P, R]):
         self.eager = fn
         self.__doc__ = fn.__doc__
-        self._compiled: Callable[P, R] | None = None
+        self._compiled: dict[tuple, Callable[P, R]] = {}  # by the inputs' dtype and device type
         self.broken: str | None = None  # why compiling failed, once it has
 
     def __call__(self, *args: P.args, fused: bool = False) -> R:
         if not fused or self.broken is not None:
             return self.eager(*args)
-        if self._compiled is None:
-            self._compiled = torch.compile(self.eager)
         # contiguous inputs: a strided view (a colour's columns) or a broadcast (a conductance
         # shared by the batch) would each compile a variant of its own
         args = tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+        first = next(a for a in args if isinstance(a, torch.Tensor))
+        key = (first.dtype, first.device.type)
+        if key not in self._compiled:
+            # a copy of the function's code per dtype and device: torch.compile keeps at most
+            # recompile_limit (8) variants per code object, and a process that trains in float32
+            # and tests in float64 on two layer widths would otherwise run out and fall back
+            fn = self.eager
+            code = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                                      fn.__closure__)
+            self._compiled[key] = torch.compile(code)
         try:
-            return self._compiled(*args)
+            return self._compiled[key](*args)
         except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no C++ compiler (InductorError)
             self.broken = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             warnings.warn(f"fused kernel {self.eager.__name__}: torch.compile failed ({self.broken}); "
