@@ -99,3 +99,15 @@ def test_seed_model_step_on_cpu_and_cuda():
         grads[device] = {k: p.grad for k, p in tr.params.items()}
     for k, g in grads["cpu"].items():
         close(g, grads[GPU][k], rtol=1e-7, atol=1e-10 * float(g.abs().max()))
+
+
+def test_fused_settle_on_cuda_matches_the_cpu():
+    """The fused kernels compiled for CUDA (Triton) settle to the CPU's eager state (float64)."""
+    circuit = layered("16,8,4", seed=0, amplifier_gain=4.0, diode=DiodeModel(2.52e-9, 1.752), clamp=(0.0, 1.0))
+    x = torch.rand(8, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 16
+    res = {}
+    for device, fused in (("cpu", False), (GPU, True)):
+        cc = compile_circuit(circuit, dtype=torch.float64, device=device)
+        res[device] = settle(cc, cc.inputs_to_sources(x), rtol=1e-12, fused=fused)
+        assert res[device].converged
+    close(res["cpu"].V, res[GPU].V, rtol=1e-8, atol=1e-10)

@@ -1,6 +1,6 @@
 """The PyTorch emulator: compiled circuits (tensors of a Circuit), their energy (co-content),
-operators, steady-state solvers (a registry), the settle driver, EP's estimate and the exact
-equilibrium gradient.
+operators, steady-state solvers (a registry) with their elementwise kernels compiled on request
+(``fusion``), the settle driver, EP's estimate and the exact equilibrium gradient.
 
 May import: ``circuit``. Never ``spice`` (the emulator runs without PySpice/ngspice).
 """
