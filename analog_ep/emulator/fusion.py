@@ -11,9 +11,10 @@ compiler, an unsupported platform), it warns once and runs eagerly from then on,
 results. Fused and eager agree to rounding (float32: a few ulps; the tests bound it), not bit
 for bit: the compiled exponential and the fused multiply-adds round differently.
 
-Kernels see contiguous inputs, so that a strided view does not compile a variant of its own;
-torch.compile specialises the first shape it sees and makes a dimension symbolic once a second
-size of it comes (a second layer width, an evaluation batch).
+Kernels are compiled for symbolic shapes (any batch, any layer width: a process that trains,
+evaluates at another batch size and runs other circuits compiles each kernel once per dtype and
+stage, not once per shape) and see contiguous inputs (a strided view would compile a variant of
+its own).
 Compiling costs seconds (inductor caches kernels on disk, so a later process reuses them),
 which repays itself over a training run but not over one settle: settles are eager unless ``fused=True`` is asked for (``AnalogCircuit(fused=True)``,
 ``fused = true`` in a training config).
@@ -54,7 +55,7 @@ class Fusable(Generic[P, R]):
             fn = self.eager
             code = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
                                       fn.__closure__)
-            self._compiled[key] = torch.compile(code)
+            self._compiled[key] = torch.compile(code, dynamic=True)
         try:
             return self._compiled[key](*args)
         except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no C++ compiler (InductorError)

@@ -97,25 +97,26 @@ class Slots:
     vcrit: torch.Tensor  # (k, n_c) V
     xbv: torch.Tensor | None  # (k, n_c) V (inf where padded); None when no diode breaks down
 
-    def currents(self, w: torch.Tensor, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Slot by slot, in incidence order: the diodes' voltages (V), currents (A) and
-        conductances (S), each (B, n_c), at node voltages x (B, n_c), V, with the fixed parts w
-        (B, k, n_c), V. (Slot by slot rather than one (B, k, n_c) tensor: compiled, a node's
-        diodes then stay in one pass over memory.)"""
-        out = []
-        for j in range(self.kap.shape[0]):
-            v = w[:, j] + self.kap[j] * x
-            i, di = diode_iv(v, self.IS[j], self.nvt[j], None if self.xbv is None else self.xbv[j])
-            out.append((v, i, di))
-        return out
+    def currents(self, w: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Diode voltages (V), currents (A) and conductances (S), each (B, k, n_c), at node
+        voltages x (B, n_c), V, with the fixed parts w (B, k, n_c), V."""
+        v = w + self.kap * x[:, None, :]
+        i, di = diode_iv(v, self.IS, self.nvt, self.xbv)
+        return v, i, di
 
-    def bounds(self, x: torch.Tensor, upper: list[torch.Tensor], lower: list[torch.Tensor]) -> torch.Tensor:
-        """x (B, n_c) clipped to the tightest of its diodes' bounds: slot j's ``upper[j]`` (B, n_c,
-        finite) where κ > 0 and ``lower[j]`` where κ < 0."""
-        hi = lo = x
-        for j, (up, down) in enumerate(zip(upper, lower)):
-            up, down = up + self.open_up[j], down + self.open_down[j]
-            hi, lo = (up, down) if j == 0 else (torch.minimum(hi, up), torch.maximum(lo, down))
+    def add(self, base: torch.Tensor, per_diode: torch.Tensor) -> torch.Tensor:
+        """base (B, n_c) plus each node's per-diode terms (B, k, n_c), in incidence order."""
+        for j in range(per_diode.shape[1]):
+            base = base + per_diode[:, j]
+        return base
+
+    def bounds(self, x: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+        """x (B, n_c) clipped to the tightest of its diodes' bounds: ``upper`` (B, k, n_c,
+        finite) where κ > 0 and ``lower`` where κ < 0."""
+        up, down = upper + self.open_up, lower + self.open_down
+        hi, lo = up[:, 0], down[:, 0]
+        for j in range(1, up.shape[1]):
+            hi, lo = torch.minimum(hi, up[:, j]), torch.maximum(lo, down[:, j])
         return torch.minimum(torch.maximum(x, lo), hi)
 
 
@@ -655,10 +656,8 @@ def _slot_residual(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor
     """A colour's KCL residual D x − f + Σ κ·I (B, n_c), A: its nodes at voltages x (B, n_c), V,
     with conductance D (S) and inflow f (A), and the current its slotted diodes draw (fixed
     parts w (B, k, n_c), V)."""
-    r = Dc * x - f
-    for j, (_, i, _) in enumerate(sl.currents(w, x)):
-        r = r + sl.kap[j] * i
-    return r
+    _, i, _ = sl.currents(w, x)
+    return sl.add(Dc * x - f, sl.kap * i)
 
 
 def _diode_entries(dio: DiodeSet, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

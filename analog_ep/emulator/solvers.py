@@ -193,7 +193,7 @@ def _slot_newton_fused(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Te
 
 def _knee_start(sl: Slots, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """x (B, n_c), V, brought back to no further into forward bias than any diode's knee."""
-    knee = [-(w[:, j] - sl.vcrit[j]) * sl.inv_kap[j] for j in range(sl.kap.shape[0])]
+    knee = -(w - sl.vcrit) * sl.inv_kap
     return sl.bounds(x, knee, knee)
 
 
@@ -201,14 +201,12 @@ def _slot_newton_step(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Ten
                       f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of :func:`_slot_newton`: the new x (B, n_c), V, the step taken (V) and the
     Hessian (S) it was taken with."""
-    diodes = sl.currents(w, x)
-    grad, hess = Dc * x - f, Dc.expand_as(x)
-    for j, (_, i, di) in enumerate(diodes):
-        grad, hess = grad + sl.kap[j] * i, hess + sl.kap[j] * sl.kap[j] * di
+    vd, i, di = sl.currents(w, x)
+    grad = sl.add(Dc * x - f, sl.kap * i)
+    hess = sl.add(Dc.expand_as(x), sl.kap * sl.kap * di)
     step = -grad / hess
-    rise = [_allowed_rise(vd, sl.vcrit[j], sl.nvt[j], sl.kap[j] * step) * sl.inv_akap[j]
-            for j, (vd, _, _) in enumerate(diodes)]
-    step = sl.bounds(step, rise, [-r for r in rise])
+    rise = _allowed_rise(vd, sl.vcrit, sl.nvt, sl.kap * step[:, None, :]) * sl.inv_akap
+    step = sl.bounds(step, rise, -rise)
     return x + step, step, hess
 
 
