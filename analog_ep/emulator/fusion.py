@@ -11,10 +11,9 @@ compiler, an unsupported platform), it warns once and runs eagerly from then on,
 results. Fused and eager agree to rounding (float32: a few ulps; the tests bound it), not bit
 for bit: the compiled exponential and the fused multiply-adds round differently.
 
-Kernels are compiled for symbolic shapes (any batch, any layer width: a process that trains,
-evaluates at another batch size and runs other circuits compiles each kernel once per dtype and
-stage, not once per shape) and see contiguous inputs (a strided view would compile a variant of
-its own).
+Each kernel is compiled once per dtype, device type and layer shape (the batch size becomes
+symbolic once a second one is seen: a training run's last batch and its evaluation batch reuse
+the kernel) and sees contiguous inputs (a strided view would compile a variant of its own).
 Compiling costs seconds (inductor caches kernels on disk, so a later process reuses them),
 which repays itself over a training run but not over one settle: settles are eager unless ``fused=True`` is asked for (``AnalogCircuit(fused=True)``,
 ``fused = true`` in a training config).
@@ -37,7 +36,7 @@ class Fusable(Generic[P, R]):
     def __init__(self, fn: Callable[P, R]):
         self.eager = fn
         self.__doc__ = fn.__doc__
-        self._compiled: dict[tuple, Callable[P, R]] = {}  # by the inputs' dtype and device type
+        self._compiled: dict[tuple, Callable[P, R]] = {}  # by the inputs' dtype, device type and shapes
         self.broken: str | None = None  # why compiling failed, once it has
 
     def __call__(self, *args: P.args, fused: bool = False) -> R:
@@ -46,16 +45,18 @@ class Fusable(Generic[P, R]):
         # contiguous inputs: a strided view (a colour's columns) or a broadcast (a conductance
         # shared by the batch) would each compile a variant of its own
         args = tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
-        first = next(a for a in args if isinstance(a, torch.Tensor))
-        key = (first.dtype, first.device.type)
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        key = (tensors[0].dtype, tensors[0].device.type, tuple(tuple(t.shape[1:]) for t in tensors))
         if key not in self._compiled:
-            # a copy of the function's code per dtype and device: torch.compile keeps at most
-            # recompile_limit (8) variants per code object, and a process that trains in float32
-            # and tests in float64 on two layer widths would otherwise run out and fall back
+            # a copy of the function's code per dtype, device and layer shape, each compiled for
+            # its own sizes with the batch left free: torch.compile keeps at most recompile_limit
+            # (8) variants per code object, and a kernel compiled for symbolic layer widths takes
+            # its loop schedule from the first width it saw (a 10-node output layer's made the
+            # 1024-node hidden layer's step 1.6x slower)
             fn = self.eager
             code = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
                                       fn.__closure__)
-            self._compiled[key] = torch.compile(code, dynamic=True)
+            self._compiled[key] = torch.compile(code)
         try:
             return self._compiled[key](*args)
         except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no C++ compiler (InductorError)
