@@ -181,6 +181,27 @@ def test_operator_cache_follows_parameter_updates():
     torch.testing.assert_close(updated.s, rebuilt.s, rtol=0, atol=1e-12)
 
 
+def test_diode_and_gain_caches_follow_their_parameters():
+    """The diode set and the node gains are cached apart from the conductances: an in-place
+    change of a diode's IS or an amplifier's gain still reaches the next settle and the voltages
+    it reports (what a fresh compile of the changed circuit gives)."""
+    c = layered("6,5,3", seed=0, g_init=(1e-6, 1e-4), amplifier_gain=2.0, diode=DiodeModel(1e-12, 1.5))
+    cc = compile_circuit(c)
+    x = torch.rand(2, 6, dtype=torch.float64) * 4
+    settle(cc, cc.inputs_to_sources(x))  # fills the caches
+    is_key = next(k for k in cc.params if k.startswith("IS:"))
+    gain_key = next(k for k in cc.params if k.startswith("a:"))
+    cc.params[is_key].mul_(100.0)
+    cc.params[gain_key].mul_(1.5)
+    fresh = compile_circuit(c)
+    fresh.params[is_key].mul_(100.0)
+    fresh.params[gain_key].mul_(1.5)
+    updated, rebuilt = settle(cc, cc.inputs_to_sources(x)), settle(fresh, fresh.inputs_to_sources(x))
+    torch.testing.assert_close(updated.V, rebuilt.V, rtol=0, atol=1e-12)
+    torch.testing.assert_close(updated.outputs, rebuilt.V[:, cc.outputs], rtol=0, atol=1e-12)
+    assert not torch.allclose(updated.V, settle(compile_circuit(c), cc.inputs_to_sources(x)).V)
+
+
 def test_solver_options_are_checked_per_method():
     """An option the method does not have, or a required one left out, is a ValueError that
     names the method and its valid options; an unknown method names the registered ones."""
