@@ -209,6 +209,7 @@ def test_lr_decay_schedule_and_extending_a_run_on_resume(tmp_path):
         torch.testing.assert_close(resumed.params[k], full.params[k], rtol=0, atol=0)
     with pytest.raises(ValueError, match="train.beta"):
         resumed.cfg.resumable_with(tiny_config(beta=1e-5))
+    assert resumed.cfg.resumable_with(tiny_config(fused=True)).train.fused  # speed only: may change
 
 
 def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path):

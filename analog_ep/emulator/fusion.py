@@ -4,8 +4,8 @@ fallback.
 A diode clamp's scalar Newton step (:mod:`~analog_ep.emulator.solvers`) is some forty
 elementwise tensor operations over (batch, diodes per node, nodes); run eagerly, each is a pass
 over memory, and for a 1024-node layer at batch 128 these passes, not arithmetic, set the
-time. Compiled (inductor: one C++/OpenMP loop on a CPU, one Triton kernel on a GPU), the step
-is a single pass. The functions stay plain PyTorch: :class:`Fusable` keeps the eager function
+time. Compiled (inductor: a C++/OpenMP kernel on a CPU, Triton on a GPU), the step is a few
+loops over the data, each doing what a dozen operations did. The functions stay plain PyTorch: :class:`Fusable` keeps the eager function
 and compiles it the first time a settle asks for ``fused=True``. Where compiling fails (no C++
 compiler, an unsupported platform), it warns once and runs eagerly from then on, with the same
 results. Fused and eager agree to rounding (float32: a few ulps; the tests bound it), not bit
@@ -15,8 +15,9 @@ Each kernel is compiled once per dtype, device type and layer shape (the batch s
 symbolic once a second one is seen: a training run's last batch and its evaluation batch reuse
 the kernel) and sees contiguous inputs (a strided view would compile a variant of its own).
 Compiling costs seconds (inductor caches kernels on disk, so a later process reuses them),
-which repays itself over a training run but not over one settle: settles are eager unless ``fused=True`` is asked for (``AnalogCircuit(fused=True)``,
-``fused = true`` in a training config).
+which repays itself over a training run but not over one settle: settles are eager unless
+``fused=True`` is asked for (``AnalogCircuit(fused=True)``, ``fused = true`` in a training
+config).
 """
 from __future__ import annotations
 

@@ -217,6 +217,7 @@ class Coupling:
             vals += [W.reshape(-1), W.reshape(-1)]
         return torch.cat(rows), torch.cat(cols), torch.cat(vals)
 
+
 @dataclass
 class FixedBlock:
     """A dense conductance block g (n_a, n_b), S, between free roots ``free`` (its rows, with

@@ -161,23 +161,23 @@ def _slot_newton(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, 
     tolerance (A). With ``restart`` (a settle's first sweep: its start may be the linear first
     guess, far into forward bias), a start beyond a diode's knee restarts at the knee; rises
     are limited by :func:`_allowed_rise`; the steps end once :func:`_step_small`. ``fused``:
-    compiled (:func:`_slot_newton_fused`), the first two steps as one kernel (a warm-started
+    compiled (:func:`_slot_newton_steps`), the first two steps as one kernel (a warm-started
     node usually needs one step and a second to confirm it), any further ones one by one."""
     taken, done = 0, False
     if fused:
         first = min(2, inner)
-        x, done = _slot_newton_fused(sl, w, x, Dc, f, tol, first, restart, fused=True)
+        x, done = _slot_newton_steps(sl, w, x, Dc, f, tol, first, restart, fused=True)
         taken = first
     elif restart:
         x = _knee_start(sl, w, x)
     while not done and taken < inner:
-        x, small = _slot_newton_fused(sl, w, x, Dc, f, tol, 1, False, fused=fused)
+        x, small = _slot_newton_steps(sl, w, x, Dc, f, tol, 1, False, fused=fused)
         done, taken = bool(small), taken + 1
     return x
 
 
 @fusable
-def _slot_newton_fused(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor,
+def _slot_newton_steps(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor,
                        tol: torch.Tensor, steps: int, restart: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``steps`` steps of :func:`_slot_newton` (after the knee start, with ``restart``) with
     no test between them, so that compiled they are one kernel: the new x (B, n_c), V, and

@@ -418,21 +418,22 @@ class Config:
         return Config.from_dict(raw)
 
     SCHEDULE = ("epochs", "lr_decay", "lr_decay_from")
+    SPEED = ("fused",)  # how the same computation runs (results equal to rounding)
 
     def resumable_with(self, other: "Config") -> "Config":
-        """This (checkpointed) config with ``other``'s schedule (epochs, learning-rate decay) and
-        ``other``'s :data:`RECORDING` tables (``[log]``): those may change when a run is
-        extended; anything else would make the resumed run a different experiment, so it is
-        refused."""
+        """This (checkpointed) config with ``other``'s schedule (epochs, learning-rate decay),
+        speed settings (``fused``) and :data:`RECORDING` tables (``[log]``): those may change
+        when a run is extended; anything else would make the resumed run a different
+        experiment, so it is refused."""
         flat = lambda cfg: {f"{sec}.{k}": v for sec in SECTIONS if sec not in RECORDING
                             for k, v in cfg.to_dict().get(sec, {}).items()}
         mine, theirs = flat(self), flat(other)
-        diffs = [k for k in dict.fromkeys([*mine, *theirs]) if mine.get(k) != theirs.get(k)
-                 and k not in {f"train.{s}" for s in self.SCHEDULE}]
+        free = {f"train.{s}" for s in self.SCHEDULE + self.SPEED}
+        diffs = [k for k in dict.fromkeys([*mine, *theirs]) if mine.get(k) != theirs.get(k) and k not in free]
         if diffs:
-            raise ValueError(f"the config differs from the checkpoint's in {', '.join(diffs)}; "
-                             "only train.epochs/lr_decay/lr_decay_from (and the [log] table) may change on --resume")
-        return self.updated(train={k: getattr(other.train, k) for k in self.SCHEDULE},
+            raise ValueError(f"the config differs from the checkpoint's in {', '.join(diffs)}; only "
+                             "train.epochs/lr_decay/lr_decay_from/fused (and the [log] table) may change on --resume")
+        return self.updated(train={k: getattr(other.train, k) for k in self.SCHEDULE + self.SPEED},
                             **{sec: dataclasses.asdict(getattr(other, sec)) for sec in RECORDING})
 
     def validate(self) -> "Config":
