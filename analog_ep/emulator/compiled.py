@@ -174,11 +174,15 @@ class Compiled:
 
     def voltages(self, s: torch.Tensor, u: torch.Tensor, gain: torch.Tensor | None = None,
                  params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """All node voltages (B, n_nodes) from free voltages s (B, n_free) and sources u (B, n_src)."""
-        gain = self.node_gain(params) if gain is None else gain
+        """All node voltages (B, n_nodes) from free voltages s (B, n_free) and sources u (B, n_src);
+        ``params`` overrides the circuit's own (whose gains and offsets are cached)."""
+        if params is None:
+            cached, offset = self.gain_and_offset()
+            gain = cached if gain is None else gain
+        else:
+            gain, offset = (self.node_gain(params) if gain is None else gain), self.node_offset(params)
         zero = torch.zeros(s.shape[0], 1, dtype=s.dtype, device=s.device)
         ext = torch.cat([s, u.expand(s.shape[0], -1), zero], dim=1)
-        offset = self.node_offset(params)
         return ext[:, self.root] * gain + (0.0 if offset is None else offset)
 
     def node_voltages(self, s: torch.Tensor, u: torch.Tensor, nodes: Columns) -> torch.Tensor:

@@ -289,7 +289,7 @@ def static_operators(cc: Compiled) -> StaticOperators:
     if cached is not None and cached[0] == key:
         return cached[1]
     nf, ns, p, dev, dt = cc.n_free, cc.n_src, cc.params, cc.device, cc.dtype
-    gain = cc.node_gain()
+    gain, offset = cc.gain_and_offset()
     root = cc.root
     D = torch.zeros(nf, dtype=dt, device=dev)
     D_fix = torch.zeros(nf, dtype=dt, device=dev)
@@ -341,7 +341,6 @@ def static_operators(cc: Compiled) -> StaticOperators:
         r = root[node]
         m = r < nf
         f_const.index_add_(0, r[m], (gain[node] * p[key_i])[m])
-    offset = cc.node_offset()
     if offset is not None:
         _add_offset_currents(cc, f_const, gain, offset)
     cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
