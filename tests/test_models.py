@@ -212,6 +212,8 @@ def test_seed_model_resumes_exactly_and_is_refused_where_a_circuit_is_needed(tmp
     resumed = load_checkpoint(tmp_path, data=d)
     resumed.fit(progress=False)
     assert all(torch.equal(resumed.params[k], full.params[k]) for k in full.keys)
+    # `train --resume` may extend the schedule; the circuits' speed settings are not carried over
+    assert resumed.cfg.resumable_with(seed_config("p").updated(train=dict(epochs=7))).train.epochs == 7
     res = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path), "--spice", "2"])
     assert res.exit_code == 2 and "not a circuit" in res.stderr
     from analog_ep.train.distributed import Dist

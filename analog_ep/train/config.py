@@ -433,7 +433,8 @@ class Config:
         if diffs:
             raise ValueError(f"the config differs from the checkpoint's in {', '.join(diffs)}; only "
                              "train.epochs/lr_decay/lr_decay_from/fused (and the [log] table) may change on --resume")
-        return self.updated(train={k: getattr(other.train, k) for k in self.SCHEDULE + self.SPEED},
+        carried = [k for k in self.SCHEDULE + self.SPEED if self.is_circuit or k not in CIRCUIT_ONLY]
+        return self.updated(train={k: getattr(other.train, k) for k in carried},
                             **{sec: dataclasses.asdict(getattr(other, sec)) for sec in RECORDING})
 
     def validate(self) -> "Config":
