@@ -81,3 +81,21 @@ def test_fusion_falls_back_to_eager_without_a_compiler(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "0", "True", "True"], out.stdout + out.stderr[-2000:]
+
+
+def test_fused_kernel_reads_strided_inputs_in_place():
+    """A colour's columns of the batch's voltages (a strided view) and a conductance broadcast
+    over the batch are read as they are: one compiled copy per layout, none per batch size, and
+    results equal to eager ones."""
+    from analog_ep.emulator.fusion import Fusable
+
+    kernel = Fusable(lambda x, d: d * x + x * x)
+    g = torch.Generator().manual_seed(0)
+    for b in (4, 6, 9):
+        s = torch.randn(b, 12, generator=g, dtype=torch.float64)
+        x = s[:, 2:7]  # a colour's columns: not contiguous
+        d = torch.rand(1, 5, generator=g, dtype=torch.float64).expand(b, -1)  # broadcast: stride 0
+        for args in ((x, d), (x.contiguous(), d.contiguous())):
+            torch.testing.assert_close(kernel(*args, fused=True), kernel.eager(*args), rtol=1e-15, atol=0)
+    assert kernel.broken is None
+    assert kernel.variants == 2  # two layouts, three batch sizes

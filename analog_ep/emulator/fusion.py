@@ -13,7 +13,8 @@ for bit: the compiled exponential and the fused multiply-adds round differently.
 
 Each kernel is compiled once per dtype, device type and layer shape (the batch size becomes
 symbolic once a second one is seen: a training run's last batch and its evaluation batch reuse
-the kernel) and sees contiguous inputs (a strided view would compile a variant of its own).
+the kernel) and memory layout of its inputs (a strided view, such as a colour's columns of the
+batch's voltages, is read in place rather than copied).
 Compiling costs seconds (inductor caches kernels on disk, so a later process reuses them),
 which repays itself over a training run but not over one settle: settles are eager unless
 ``fused=True`` is asked for (``AnalogCircuit(fused=True)``, ``fused = true`` in a training
@@ -40,20 +41,24 @@ class Fusable(Generic[P, R]):
         self._compiled: dict[tuple, Callable[P, R]] = {}  # by the inputs' dtype, device type and shapes
         self.broken: str | None = None  # why compiling failed, once it has
 
+    @property
+    def variants(self) -> int:
+        """How many compiled copies exist: one per dtype, device type, layer shape and layout."""
+        return len(self._compiled)
+
     def __call__(self, *args: P.args, fused: bool = False) -> R:
         if not fused or self.broken is not None:
             return self.eager(*args)
-        # contiguous inputs: a strided view (a colour's columns) or a broadcast (a conductance
-        # shared by the batch) would each compile a variant of its own
-        args = tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        key = (tensors[0].dtype, tensors[0].device.type, tuple(tuple(t.shape[1:]) for t in tensors))
+        key = (tensors[0].dtype, tensors[0].device.type, tuple((t.shape[1:], t.stride()) for t in tensors))
         if key not in self._compiled:
-            # a copy of the function's code per dtype, device and layer shape, each compiled for
-            # its own sizes with the batch left free: torch.compile keeps at most recompile_limit
-            # (8) variants per code object, and a kernel compiled for symbolic layer widths takes
-            # its loop schedule from the first width it saw (a 10-node output layer's made the
-            # 1024-node hidden layer's step 1.6x slower)
+            # a copy of the function's code per dtype, device, layer shape and memory layout,
+            # each compiled for its own sizes with the batch left free: torch.compile keeps at
+            # most recompile_limit (8) variants per code object, and a kernel compiled for
+            # symbolic layer widths takes its loop schedule from the first width it saw (a
+            # 10-node output layer's made the 1024-node hidden layer's step 1.6x slower). The
+            # layouts (a colour's columns of a batch, a conductance broadcast over it) are read
+            # as they are: their strides do not depend on the batch size
             fn = self.eager
             code = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
                                       fn.__closure__)

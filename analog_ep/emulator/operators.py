@@ -97,26 +97,37 @@ class Slots:
     vcrit: torch.Tensor  # (k, n_c) V
     xbv: torch.Tensor | None  # (k, n_c) V (inf where padded); None when no diode breaks down
 
-    def currents(self, w: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Diode voltages (V), currents (A) and conductances (S), each (B, k, n_c), at node
-        voltages x (B, n_c), V, with the fixed parts w (B, k, n_c), V."""
-        v = w + self.kap * x[:, None, :]
-        i, di = diode_iv(v, self.IS, self.nvt, self.xbv)
-        return v, i, di
+    @property
+    def k(self) -> int:
+        """Diodes per node (slots)."""
+        return self.kap.shape[0]
 
-    def add(self, base: torch.Tensor, per_diode: torch.Tensor) -> torch.Tensor:
-        """base (B, n_c) plus each node's per-diode terms (B, k, n_c), in incidence order."""
-        for j in range(per_diode.shape[1]):
-            base = base + per_diode[:, j]
+    def currents(self, w: torch.Tensor, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per slot: its diodes' voltages (V), currents (A) and conductances (S), each (B, n_c),
+        at node voltages x (B, n_c), V, with the fixed parts w (B, k, n_c), V. Slot by slot, so
+        that every operation of a Newton step runs over (B, n_c): compiled, the whole step is
+        then one loop over the nodes, with no (B, k, n_c) intermediate stored."""
+        out = []
+        for j in range(self.k):
+            v = w[:, j] + self.kap[j] * x
+            i, di = diode_iv(v, self.IS[j], self.nvt[j], None if self.xbv is None else self.xbv[j])
+            out.append((v, i, di))
+        return out
+
+    @staticmethod
+    def add(base: torch.Tensor, per_slot: list[torch.Tensor]) -> torch.Tensor:
+        """base (B, n_c) plus each node's per-diode terms (one (B, n_c) per slot), in
+        incidence order."""
+        for term in per_slot:
+            base = base + term
         return base
 
-    def bounds(self, x: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
-        """x (B, n_c) clipped to the tightest of its diodes' bounds: ``upper`` (B, k, n_c,
-        finite) where κ > 0 and ``lower`` where κ < 0."""
-        up, down = upper + self.open_up, lower + self.open_down
-        hi, lo = up[:, 0], down[:, 0]
-        for j in range(1, up.shape[1]):
-            hi, lo = torch.minimum(hi, up[:, j]), torch.maximum(lo, down[:, j])
+    def bounds(self, x: torch.Tensor, upper: list[torch.Tensor], lower: list[torch.Tensor]) -> torch.Tensor:
+        """x (B, n_c) clipped to the tightest of its diodes' bounds (one (B, n_c) per slot):
+        ``upper`` (finite) where κ > 0 and ``lower`` where κ < 0."""
+        hi, lo = upper[0] + self.open_up[0], lower[0] + self.open_down[0]
+        for j in range(1, self.k):
+            hi, lo = torch.minimum(hi, upper[j] + self.open_up[j]), torch.maximum(lo, lower[j] + self.open_down[j])
         return torch.minimum(torch.maximum(x, lo), hi)
 
 
@@ -656,8 +667,7 @@ def _slot_residual(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor
     """A colour's KCL residual D x − f + Σ κ·I (B, n_c), A: its nodes at voltages x (B, n_c), V,
     with conductance D (S) and inflow f (A), and the current its slotted diodes draw (fixed
     parts w (B, k, n_c), V)."""
-    _, i, _ = sl.currents(w, x)
-    return sl.add(Dc * x - f, sl.kap * i)
+    return sl.add(Dc * x - f, [sl.kap[j] * i for j, (_, i, _) in enumerate(sl.currents(w, x))])
 
 
 def _diode_entries(dio: DiodeSet, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -107,7 +107,7 @@ def settle(cc: Compiled, u: torch.Tensor | None = None, *, method: str = "auto",
     with torch.no_grad():
         ops = assemble(cc, u, beta, target)
         B = u.shape[0]
-        s = (ops.f_fixed / ops.D).clone() if s0 is None else s0.detach().to(cc.dtype).expand(B, -1).clone()
+        s = ops.f_fixed / ops.D if s0 is None else s0.detach().to(cc.dtype).expand(B, -1)  # kernels do not modify it
         vscale = u.abs().amax(1, keepdim=True).clamp_min(1e-12) if u.numel() else torch.ones(B, 1, dtype=cc.dtype)
         tol = atol + rtol * ops.D * vscale
         out = solver(Problem(cc, ops, u, beta, target, tol, fused), s, max_iters, opts)

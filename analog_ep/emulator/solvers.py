@@ -193,7 +193,7 @@ def _slot_newton_steps(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Te
 
 def _knee_start(sl: Slots, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """x (B, n_c), V, brought back to no further into forward bias than any diode's knee."""
-    knee = -(w - sl.vcrit) * sl.inv_kap
+    knee = [-(w[:, j] - sl.vcrit[j]) * sl.inv_kap[j] for j in range(sl.k)]
     return sl.bounds(x, knee, knee)
 
 
@@ -201,12 +201,13 @@ def _slot_newton_step(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Ten
                       f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of :func:`_slot_newton`: the new x (B, n_c), V, the step taken (V) and the
     Hessian (S) it was taken with."""
-    vd, i, di = sl.currents(w, x)
-    grad = sl.add(Dc * x - f, sl.kap * i)
-    hess = sl.add(Dc.expand_as(x), sl.kap * sl.kap * di)
+    per_slot = sl.currents(w, x)
+    grad = sl.add(Dc * x - f, [sl.kap[j] * i for j, (_, i, _) in enumerate(per_slot)])
+    hess = sl.add(Dc.expand_as(x), [sl.kap[j] * sl.kap[j] * di for j, (_, _, di) in enumerate(per_slot)])
     step = -grad / hess
-    rise = _allowed_rise(vd, sl.vcrit, sl.nvt, sl.kap * step[:, None, :]) * sl.inv_akap
-    step = sl.bounds(step, rise, -rise)
+    rise = [_allowed_rise(v, sl.vcrit[j], sl.nvt[j], sl.kap[j] * step) * sl.inv_akap[j]
+            for j, (v, _, _) in enumerate(per_slot)]
+    step = sl.bounds(step, rise, [-r for r in rise])
     return x + step, step, hess
 
 
@@ -228,13 +229,13 @@ def _allowed_rise(vd: torch.Tensor, vcrit: torch.Tensor, nvt: torch.Tensor, prop
 
 def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: torch.Tensor,
                restart: bool, fused: bool = False) -> torch.Tensor:
-    """One sweep over the colours: each colour's nodes set to their exact optimum given the
-    others (weighted mean, then up to ``inner`` safeguarded Newton steps for Shockley diodes,
-    then the ideal clamps' clip); ``tol`` (B, n_free), A, is the settle's tolerance; with
-    ``restart`` (the first sweep), Newton starts no further into forward bias than the knee;
-    ``fused``: the node-by-node Newton's steps as compiled kernels."""
+    """One sweep over the colours, updating s (B, n_free), V, in place and returning it: each
+    colour's nodes set to their exact optimum given the others (weighted mean, then up to
+    ``inner`` safeguarded Newton steps for Shockley diodes, then the ideal clamps' clip);
+    ``tol`` (B, n_free), A, is the settle's tolerance; with ``restart`` (the first sweep),
+    Newton starts no further into forward bias than the knee; ``fused``: the node-by-node
+    Newton's steps as compiled kernels."""
     dio = ops.dio
-    s = s.clone()  # updated in place, colour by colour
     for c, colour in enumerate(ops.M.cols):
         f = inflow(ops, s, c, colour)
         Dc = ops.D[:, colour]
@@ -277,12 +278,12 @@ _BCD_HINT = "use method='auto' (a Newton finish where BCD stalls) or raise max_i
 
 def _bcd_run(problem: Problem, s: torch.Tensor, max_iters: int, inner: int, check_every: int,
              stall: tuple[int, float] | None = None) -> tuple[Outcome, bool]:
-    """BCD sweeps until the residual (checked every ``check_every`` sweeps and after the
-    last) is within tolerance, at most ``max_iters``. With ``stall`` = (window, drop): also stop,
+    """BCD sweeps on a copy of s until the residual (checked every ``check_every`` sweeps and
+    after the last) is within tolerance, at most ``max_iters``. With ``stall`` = (window, drop): also stop,
     reporting a stall, at a check where the worst residual-to-tolerance ratio max_i |r_i|/tol_i
     has fallen by less than a factor ``drop`` since the last check at least ``window`` sweeps
     earlier. The sweeps and checks are the same with or without it."""
-    it, r = 0, None
+    it, r, s = 0, None, s.clone()  # the sweeps update it in place
     history: deque[tuple[int, float]] = deque()  # (sweep, ratio) of the checks
     while it < max_iters:
         s = _bcd_sweep(problem.cc, problem.ops, s, inner, problem.tol, restart=it == 0, fused=problem.fused)
