@@ -330,6 +330,37 @@ def test_node_by_node_diode_layout_matches_the_indexed_newton():
     torch.testing.assert_close(a.s, b.s, rtol=0, atol=1e-8)
 
 
+def test_layer_couplings_through_one_amplifier_pair_are_one_matrix():
+    """A layer's positive and negative conductances reach the next layer through the + and −
+    outputs of the same amplifiers, i.e. between the same free roots: the couplings keep one
+    summed matrix per pair of layers, M s equals the sum over the blocks (float64 rounding), and
+    a colour's residual given its inflow computed before (a BCD sweep's last colour) is the one
+    computed afresh, bit for bit."""
+    from analog_ep.emulator.operators import assemble, inflow, residual, static_operators
+
+    c = layered("12,9,4", seed=1, g_init=(1e-6, 1e-4), amplifier_gain=4.0, diode=DiodeModel(1e-14, 1.0),
+                clamp=(0.0, 1.0))
+    cc = compile_circuit(c)
+    M = static_operators(cc).M
+    assert [tuple(W.shape) for _, _, W in M.dense] == [(9, 4)]
+    x = torch.rand(3, 12, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 16
+    u = cc.inputs_to_sources(x)
+    s = settle(cc, u).s
+    ops = assemble(cc, u)
+    gain = cc.gain_and_offset()[0]
+    expect = torch.zeros_like(s)
+    for name in ("g:w2p", "g:w2n"):  # the two blocks, one by one
+        blk = next(b for b in cc.blocks if b.name == name)
+        ra, rb = cc.root[blk.a], cc.root[blk.b]
+        W = cc.params[name] * gain[blk.a][:, None] * gain[blk.b][None, :]
+        expect[:, ra] += s[:, rb] @ W.T
+        expect[:, rb] += s[:, ra] @ W
+    torch.testing.assert_close(M @ s, expect, rtol=1e-13, atol=0)
+    for colour, cols in enumerate(M.cols):
+        known = (colour, inflow(ops, s, colour, cols))
+        assert torch.equal(residual(cc, ops, s, u, known=known), residual(cc, ops, s, u))
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.one_of(random_graph_circuit(), random_layered_circuit()))
 def test_colouring_is_proper_and_two_colours_for_bipartite_couplings(circuit):

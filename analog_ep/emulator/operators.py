@@ -319,7 +319,7 @@ def static_operators(cc: Compiled) -> StaticOperators:
         if blk.dense and _layer_block(positions, nf, ra, rb):  # two free layers: kept dense
             D.index_add_(0, ra, ga * ga * g.sum(1))
             D.index_add_(0, rb, gb * gb * g.sum(0))
-            dense.append((ra, rb, g * ga[:, None] * gb[None, :]))
+            _add_dense(dense, ra, rb, g * ga[:, None] * gb[None, :])
             dense_ff.append((ra, rb, ga, gb, g))
             continue
         if blk.dense:  # homogeneous: every row (column) free, or every row (column) fixed
@@ -378,6 +378,19 @@ def static_operators(cc: Compiled) -> StaticOperators:
                              offset, dio_offset)
     cc.cache["static"] = (key, static)
     return static
+
+
+def _add_dense(dense: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], ra: torch.Tensor, rb: torch.Tensor,
+               W: torch.Tensor) -> None:
+    """Append the coupling block W (S) between free roots ra and rb, or add it to one already
+    joining the same roots: a layer's positive and negative conductances reach it through the
+    + and − outputs of the same amplifiers, and one summed matrix is one product per inflow
+    instead of two."""
+    for i, (a, b, V) in enumerate(dense):
+        if a.shape == ra.shape and b.shape == rb.shape and torch.equal(a, ra) and torch.equal(b, rb):
+            dense[i] = (a, b, V + W)
+            return
+    dense.append((ra, rb, W))
 
 
 def _positions(cc: Compiled) -> list[torch.Tensor]:
@@ -638,15 +651,19 @@ def inflow(ops: Operators, s: torch.Tensor, colour: int | None = None,
     return ops.M.rows(colour, s, ops.f_fixed[:, cols])
 
 
-def residual(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor, fused: bool = False) -> torch.Tensor:
+def residual(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor, fused: bool = False,
+             known: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
     """KCL residual r = ∂E/∂s (B, n_free), A: the current leaving each free node at voltages s
     (V) with sources u (V); projected to zero where an active ideal clamp can supply it.
-    ``fused``: the node-by-node diode currents as one compiled kernel per colour."""
+    ``fused``: the node-by-node diode currents as one compiled kernel per colour. ``known``:
+    (colour, its inflow at s, A), already computed (a BCD sweep's last colour: no other colour
+    has moved since)."""
     dio = ops.dio
     if dio.shock.d.numel() and dio.slotted:  # colour by colour: D x − f + its diodes' currents, one pass
         r = torch.empty_like(s)
         for c, (sl, w, cols) in enumerate(zip(dio.slots, dio.fixed_slots, ops.M.cols)):
-            x, Dc, f = s[:, cols], ops.D[:, cols], inflow(ops, s, c, cols)
+            f = known[1] if known is not None and known[0] == c else inflow(ops, s, c, cols)
+            x, Dc = s[:, cols], ops.D[:, cols]
             set_columns_(r, cols, Dc * x - f if sl is None else _slot_residual(sl, w, x, Dc, f, fused=fused))
     else:
         r = ops.D * s - inflow(ops, s)

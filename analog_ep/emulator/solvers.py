@@ -57,9 +57,10 @@ class Problem:
     tol: torch.Tensor
     fused: bool = False
 
-    def residual(self, s: torch.Tensor) -> torch.Tensor:
-        """The KCL residual ∂E/∂s (B, n_free), A, at free voltages s (V)."""
-        return residual(self.cc, self.ops, s, self.u, fused=self.fused)
+    def residual(self, s: torch.Tensor, known: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """The KCL residual ∂E/∂s (B, n_free), A, at free voltages s (V); ``known``: a colour's
+        inflow at s, already computed (:func:`~analog_ep.emulator.operators.residual`)."""
+        return residual(self.cc, self.ops, s, self.u, fused=self.fused, known=known)
 
     def converged(self, r: torch.Tensor) -> bool:
         """Whether every node's residual is within its tolerance."""
@@ -228,13 +229,13 @@ def _allowed_rise(vd: torch.Tensor, vcrit: torch.Tensor, nvt: torch.Tensor, prop
 
 
 def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: torch.Tensor,
-               restart: bool, fused: bool = False) -> torch.Tensor:
-    """One sweep over the colours, updating s (B, n_free), V, in place and returning it: each
-    colour's nodes set to their exact optimum given the others (weighted mean, then up to
-    ``inner`` safeguarded Newton steps for Shockley diodes, then the ideal clamps' clip);
-    ``tol`` (B, n_free), A, is the settle's tolerance; with ``restart`` (the first sweep),
-    Newton starts no further into forward bias than the knee; ``fused``: the node-by-node
-    Newton's steps as compiled kernels."""
+               restart: bool, fused: bool = False) -> tuple[torch.Tensor, tuple[int, torch.Tensor]]:
+    """One sweep over the colours, updating s (B, n_free), V, in place: each colour's nodes set
+    to their exact optimum given the others (weighted mean, then up to ``inner`` safeguarded
+    Newton steps for Shockley diodes, then the ideal clamps' clip); ``tol`` (B, n_free), A, is
+    the settle's tolerance; with ``restart`` (the first sweep), Newton starts no further into
+    forward bias than the knee; ``fused``: the node-by-node Newton's steps as compiled kernels.
+    Returns s and (the last colour, its inflow, A), which is still its inflow at the new s."""
     dio = ops.dio
     for c, colour in enumerate(ops.M.cols):
         f = inflow(ops, s, c, colour)
@@ -270,7 +271,7 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
             w = v[:, clamps.d] - clamps.kap * s[:, clamps.root]
             x = _clip_to_clamps(x, clamps.loc, clamps.kap, w)
         set_columns_(s, colour, x)
-    return s
+    return s, (c, f)
 
 
 _BCD_HINT = "use method='auto' (a Newton finish where BCD stalls) or raise max_iters"
@@ -286,10 +287,10 @@ def _bcd_run(problem: Problem, s: torch.Tensor, max_iters: int, inner: int, chec
     it, r, s = 0, None, s.clone()  # the sweeps update it in place
     history: deque[tuple[int, float]] = deque()  # (sweep, ratio) of the checks
     while it < max_iters:
-        s = _bcd_sweep(problem.cc, problem.ops, s, inner, problem.tol, restart=it == 0, fused=problem.fused)
+        s, last = _bcd_sweep(problem.cc, problem.ops, s, inner, problem.tol, restart=it == 0, fused=problem.fused)
         it += 1
         if it % check_every == 0 or it == max_iters:
-            r = problem.residual(s)
+            r = problem.residual(s, known=last)
             if problem.converged(r):
                 return Outcome(s, r, True, it), False
             if stall is not None:
