@@ -127,8 +127,8 @@ class Compiled:
             u[:, [pos[n] for n in names]] = x
             return u
         p, m = self._input_columns(x.shape[1])
-        u[:, p] = x
-        u[:, m] = -x
+        set_columns_(u, p, x)
+        set_columns_(u, m, -x)
         return u
 
     def _source_positions(self) -> dict[str, int]:
@@ -137,9 +137,9 @@ class Compiled:
             self.cache["source_pos"] = {self.circuit.nodes[n]: k for k, n in enumerate(self.sources)}
         return self.cache["source_pos"]
 
-    def _input_columns(self, n_in: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The columns of u holding x{i}p and x{i}n, i < n_in (cached per n_in; a CircuitError
-        if the circuit lacks them)."""
+    def _input_columns(self, n_in: int) -> tuple[Columns, Columns]:
+        """The columns of u holding x{i}p and x{i}n, i < n_in, as slices where contiguous
+        (cached per n_in; a CircuitError if the circuit lacks them)."""
         key = ("input_columns", n_in)
         if key not in self.cache:
             pos = self._source_positions()
@@ -149,7 +149,7 @@ class Compiled:
             except KeyError:
                 raise CircuitError(f"the circuit has no x{{i}}p/x{{i}}n input pairs for {n_in} inputs; "
                                    "pass names=") from None
-            self.cache[key] = tuple(torch.as_tensor(c, dtype=torch.long, device=self.device) for c in cols)
+            self.cache[key] = tuple(columns(torch.as_tensor(c, dtype=torch.long, device=self.device)) for c in cols)
         return self.cache[key]
 
     def node_gain(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from .compiled import Compiled
 from .energy import cost, energy
 from .nudging import check_nudging, ep_estimate
-from .operators import assemble, hessian
+from .operators import assemble, block_roots, hessian
 from .settle import SettleResult, settle
 
 
@@ -52,7 +52,7 @@ def _conductance_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) 
     needs one matmul for all states together, as its fixed side is the same in every state.
     ``weights_and_states``: (w_k, s_k, circuit the state settled on) — the voltage drops are the
     ones across the devices of that circuit (hardware gains and offsets included)."""
-    blocks = [b for b in cc.blocks if b.name in keys]
+    blocks = [(b, where) for b, where in zip(cc.blocks, block_roots(cc)) if b.name in keys]
     if not blocks:
         return {}
     states = [(torch.as_tensor(w, dtype=cc.dtype, device=cc.device).reshape(-1, 1), s.detach(), circ)
@@ -73,12 +73,12 @@ def _conductance_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) 
     cancels = len(circuits) == 1 and not bool(sum(w for w, _, _ in states).any())
     grads = {}
     with torch.no_grad():
-        for blk in blocks:
+        for blk, where in blocks:
             if not blk.dense:
                 drop = lambda k: side(k, blk.a) - side(k, blk.b)
                 grads[blk.name] = 0.5 * sum((w * drop(k) ** 2).sum(0) for k, (w, _, _) in enumerate(states))
                 continue
-            fixed_a, fixed_b = bool((cc.root[blk.a] >= cc.n_free).all()), bool((cc.root[blk.b] >= cc.n_free).all())
+            fixed_a, fixed_b = where.a_fixed, where.b_fixed
             a, b = blk.a_cols, blk.b_cols  # slices where contiguous: views, not gathers
             # a fixed side's ½ΣwV² cancels exactly where the weights do and every state is of
             # one circuit (EP's differences): its voltages are the same in each state

@@ -310,13 +310,13 @@ def static_operators(cc: Compiled) -> StaticOperators:
     ffa, ffb, ffga, ffgb, ffg = [], [], [], [], []
     dense, dense_ff = [], []
     positions = _positions(cc)
-    for blk in cc.blocks:
+    for blk, where in zip(cc.blocks, block_roots(cc)):
         g = p[blk.name]
-        ra, rb, ga, gb = root[blk.a], root[blk.b], gain[blk.a], gain[blk.b]
-        if blk.dense and bool((ra < nf).all()) != bool((rb < nf).all()):
-            fixed_blocks.append(_dense_to_fixed(D, D_fix, nf, ra, rb, ga, gb, g))
+        ra, rb, ga, gb = where.a, where.b, gain[blk.a], gain[blk.b]
+        if blk.dense and where.a_free != where.b_free:
+            fixed_blocks.append(_dense_to_fixed(D, D_fix, nf, where, ga, gb, g))
             continue
-        if blk.dense and _layer_block(positions, nf, ra, rb):  # two free layers: kept dense
+        if where.layer:  # two free layers: kept dense
             D.index_add_(0, ra, ga * ga * g.sum(1))
             D.index_add_(0, rb, gb * gb * g.sum(0))
             _add_dense(dense, ra, rb, g * ga[:, None] * gb[None, :])
@@ -393,6 +393,32 @@ def _add_dense(dense: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], ra:
     dense.append((ra, rb, W))
 
 
+@dataclass(frozen=True)
+class BlockRoots:
+    """Where a conductance block's terminals lie: their roots (indices into [s | u | 0]) and
+    whether they are all free or all fixed (structure only: :func:`block_roots`)."""
+
+    a: torch.Tensor  # roots of the a terminals
+    b: torch.Tensor  # roots of the b terminals
+    a_free: bool  # every a terminal's root is a free node
+    b_free: bool
+    a_fixed: bool  # every a terminal's root is a fixed one (a source or ground)
+    b_fixed: bool
+    layer: bool  # a dense block joining two free layers (rows all of one colour, columns of another)
+
+
+def block_roots(cc: Compiled) -> list[BlockRoots]:
+    """:class:`BlockRoots` of each of ``cc.blocks``, computed once per compiled circuit."""
+    if "block_roots" not in cc.cache:
+        nf, positions, out = cc.n_free, _positions(cc), []
+        for blk in cc.blocks:
+            ra, rb = cc.root[blk.a], cc.root[blk.b]
+            out.append(BlockRoots(ra, rb, bool((ra < nf).all()), bool((rb < nf).all()), bool((ra >= nf).all()),
+                                  bool((rb >= nf).all()), blk.dense and _layer_block(positions, nf, ra, rb)))
+        cc.cache["block_roots"] = out
+    return cc.cache["block_roots"]
+
+
 def _positions(cc: Compiled) -> list[torch.Tensor]:
     """Per colour: each free root's position within it (−1: another colour), (n_free,) each;
     structure only, so computed once per compiled circuit."""
@@ -433,11 +459,12 @@ def _add_offset_currents(cc: Compiled, f: torch.Tensor, gain: torch.Tensor, offs
         f.index_add_(0, rb[fb], (gb * into_b)[fb])
 
 
-def _dense_to_fixed(D, D_fix, nf, ra, rb, ga, gb, g) -> FixedBlock:
+def _dense_to_fixed(D, D_fix, nf, where: BlockRoots, ga, gb, g) -> FixedBlock:
     """A dense block between free rows and fixed columns (or the reverse), e.g. input sources
     to a hidden layer: its load on the free side added to D and D_fix (row sums), and the block
     itself, whose current into the free side is one matrix product per batch of sources."""
-    if not bool((ra < nf).all()):  # make the rows the free side
+    ra, rb = where.a, where.b
+    if not where.a_free:  # make the rows the free side
         ra, rb, ga, gb, g = rb, ra, gb, ga, g.T
     load = ga * ga * g.sum(1)
     D.index_add_(0, ra, load)
