@@ -109,12 +109,14 @@ def settle(cc: Compiled, u: torch.Tensor | None = None, *, method: str = "auto",
         B = u.shape[0]
         s = ops.f_fixed / ops.D if s0 is None else s0.detach().to(cc.dtype).expand(B, -1)  # kernels do not modify it
         vscale = u.abs().amax(1, keepdim=True).clamp_min(1e-12) if u.numel() else torch.ones(B, 1, dtype=cc.dtype)
-        tol = atol + rtol * ops.D * vscale
+        tol = ops.D * (rtol * vscale)  # one pass over (B, n_free): vscale is (B, 1)
+        tol = tol + atol if atol else tol
         out = solver(Problem(cc, ops, u, beta, target, tol, fused), s, max_iters, opts)
         s, ok, it = out.s, out.converged, out.iterations
         r = residual(cc, ops, s, u) if out.r is None else out.r
-        res = float(r.abs().max()) if r.numel() else 0.0
-        rel = float((r.abs() / (ops.D * vscale)).max()) if r.numel() else 0.0
+        size = r.abs()
+        res = float(size.max()) if r.numel() else 0.0
+        rel = float((size / ops.D).div_(vscale).max()) if r.numel() else 0.0
     name = f"{method}:{out.label}" if out.label else method
     result = SettleResult(s, u, res, rel, it, ok, name, time.perf_counter() - t0, cc, out.stages or {method: it})
     if not ok and on_fail != "ignore":
