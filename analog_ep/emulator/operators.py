@@ -94,6 +94,7 @@ class Slots:
     open_down: torch.Tensor  # (k, n_c) 0 where κ < 0, −inf elsewhere: added to a lower bound
     IS: torch.Tensor  # (k, n_c) A (0 where padded)
     nvt: torch.Tensor  # (k, n_c) V (1 where padded)
+    inv_nvt: torch.Tensor  # (k, n_c) 1/(N·V_T), V⁻¹: the kernels multiply where they would divide
     vcrit: torch.Tensor  # (k, n_c) V
     xbv: torch.Tensor | None  # (k, n_c) V (inf where padded); None when no diode breaks down
 
@@ -110,7 +111,7 @@ class Slots:
         out = []
         for j in range(self.k):
             v = w[:, j] + self.kap[j] * x
-            i, di = diode_iv(v, self.IS[j], self.nvt[j], None if self.xbv is None else self.xbv[j])
+            i, di = diode_iv(v, self.IS[j], self.nvt[j], None if self.xbv is None else self.xbv[j], self.inv_nvt[j])
             out.append((v, i, di))
         return out
 
@@ -152,8 +153,9 @@ def _slots(shock: Incidences, n_c: int, single: torch.Tensor, IS: torch.Tensor, 
     kap = table(shock.kap, 0.0)
     inv = lambda t: torch.where(t != 0, 1.0 / torch.where(t != 0, t, 1.0), 0.0)
     zero = torch.zeros_like(kap)
+    slot_nvt = table(nvt[shock.d], 1.0)
     return Slots(table(shock.d, 0), kap, inv(kap.abs()), inv(kap), torch.where(kap > 0, zero, math.inf),
-                 torch.where(kap < 0, zero, -math.inf), table(IS[shock.d], 0.0), table(nvt[shock.d], 1.0),
+                 torch.where(kap < 0, zero, -math.inf), table(IS[shock.d], 0.0), slot_nvt, 1.0 / slot_nvt,
                  table(vcrit[shock.d], 0.0), None if xbv is None else table(xbv[shock.d], math.inf))
 
 
@@ -602,12 +604,14 @@ def breakdown_voltage(IS: torch.Tensor, nvt: torch.Tensor, BV: torch.Tensor, IBV
     return torch.where(finite, xbv, torch.full_like(xbv, math.inf))
 
 
-def diode_iv(v: torch.Tensor, IS: torch.Tensor, nvt: torch.Tensor,
-             xbv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def diode_iv(v: torch.Tensor, IS: torch.Tensor, nvt: torch.Tensor, xbv: torch.Tensor | None,
+             inv_nvt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Current I (A) and conductance dI/dv (S) of ngspice's DC diode law at diode voltages v (V),
     for saturation current IS (A), N·V_T = ``nvt`` (V) and effective breakdown voltage ``xbv``
-    (V, from :func:`breakdown_voltage`; inf or None: no breakdown). As ngspice 39 (``DIOload``
-    in src/spicelib/devices/dio/dioload.c, bottom junction):
+    (V, from :func:`breakdown_voltage`; inf or None: no breakdown); ``inv_nvt`` = 1/nvt (V⁻¹)
+    where the caller has it (a compiled kernel then multiplies instead of dividing per
+    element). As ngspice 39 (``DIOload`` in src/spicelib/devices/dio/dioload.c, bottom
+    junction):
 
     * forward, v ≥ −3·N·V_T: Shockley, IS·(exp(v/(N·V_T)) − 1);
     * reverse, −xbv ≤ v < −3·N·V_T: ngspice's cubic, −IS·(1 + (3·N·V_T/(e·v))³), which we
@@ -620,19 +624,20 @@ def diode_iv(v: torch.Tensor, IS: torch.Tensor, nvt: torch.Tensor,
     are continued linearly beyond an exponent of 40 (a Newton safeguard: keeps the function
     convex and finite, and is inactive at any physical solution). SPICE's gmin is not included
     (the compiled circuit carries it as a conductance)."""
-    x = v / nvt
+    inv = 1.0 / nvt if inv_nvt is None else inv_nvt
+    x = v * inv
     fwd = x >= -3.0
     e = torch.exp(torch.clamp(x, min=-3.0, max=_EXP_MAX))
     r = 1.0 / torch.clamp(x, max=-3.0)  # N V_T / v where reverse biased
     cube = _CUBIC * r ** 3  # (3 N V_T / (e v))³ < 0
     current = IS * (torch.where(fwd, e * (1 + torch.clamp(x - _EXP_MAX, min=0.0)), -cube) - 1)
-    conductance = IS / nvt * torch.where(fwd, e, 3 * cube * r)
+    conductance = IS * inv * torch.where(fwd, e, 3 * cube * r)
     if xbv is not None:
-        y = torch.clamp(-(_finite(xbv) + v) / nvt, min=0.0)  # the breakdown exponent, where it applies
+        y = torch.clamp(-(_finite(xbv) + v) * inv, min=0.0)  # the breakdown exponent, where it applies
         eb = torch.exp(torch.clamp(y, max=_EXP_MAX))
         brk = ~fwd & (v < -xbv)
         current = torch.where(brk, -IS * eb * (1 + torch.clamp(y - _EXP_MAX, min=0.0)), current)
-        conductance = torch.where(brk, IS / nvt * eb, conductance)
+        conductance = torch.where(brk, IS * inv * eb, conductance)
     return current, conductance
 
 

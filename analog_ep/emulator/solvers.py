@@ -206,7 +206,7 @@ def _slot_newton_step(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Ten
     grad = sl.add(Dc * x - f, [sl.kap[j] * i for j, (_, i, _) in enumerate(per_slot)])
     hess = sl.add(Dc.expand_as(x), [sl.kap[j] * sl.kap[j] * di for j, (_, _, di) in enumerate(per_slot)])
     step = -grad / hess
-    rise = [_allowed_rise(v, sl.vcrit[j], sl.nvt[j], sl.kap[j] * step) * sl.inv_akap[j]
+    rise = [_allowed_rise(v, sl.vcrit[j], sl.nvt[j], sl.kap[j] * step, sl.inv_nvt[j]) * sl.inv_akap[j]
             for j, (v, _, _) in enumerate(per_slot)]
     step = sl.bounds(step, rise, [-r for r in rise])
     return x + step, step, hess
@@ -219,13 +219,17 @@ def _step_small(step: torch.Tensor, hess: torch.Tensor, tol: torch.Tensor) -> to
     return (hess * step.abs() <= 0.1 * tol).all()
 
 
-def _allowed_rise(vd: torch.Tensor, vcrit: torch.Tensor, nvt: torch.Tensor, proposed: torch.Tensor) -> torch.Tensor:
+def _allowed_rise(vd: torch.Tensor, vcrit: torch.Tensor, nvt: torch.Tensor, proposed: torch.Tensor,
+                  inv_nvt: torch.Tensor | None = None) -> torch.Tensor:
     """How far (V) a Newton step may raise each diode's voltage vd (V), given the ``proposed``
     rise (V): freely up to the knee vcrit, then by max(2, ln(1 + excess/(n V_T)))·n V_T —
     SPICE's junction limiting (pnjlim), which takes a far forward Newton target back to the
-    logarithm of the current it asks for. A fall is never limited."""
+    logarithm of the current it asks for. A fall is never limited. ``inv_nvt`` = 1/(n V_T)
+    where the caller has it (multiplied instead of divided per element). The logarithm only
+    counts beyond an excess of e² − 1 ≈ 6.4 n V_T, where ln(1 + y) needs no log1p."""
     free = torch.clamp(vcrit - vd, min=0.0)
-    return free + nvt * torch.clamp(torch.log1p(torch.clamp(proposed - free, min=0.0) / nvt), min=2.0)
+    excess = torch.clamp(proposed - free, min=0.0) * (1.0 / nvt if inv_nvt is None else inv_nvt)
+    return free + nvt * torch.clamp(torch.log(1.0 + excess), min=2.0)
 
 
 def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: torch.Tensor,
