@@ -330,6 +330,36 @@ def test_node_by_node_diode_layout_matches_the_indexed_newton():
     torch.testing.assert_close(a.s, b.s, rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("n_cols", [3, 40])  # few source columns: a product; many: gathered
+def test_fixed_diode_terminals_give_the_summed_voltages(n_cols):
+    """The fixed part of each diode's voltage is Σ κ·ext_u[:, column] over its terminals on
+    fixed nodes (a diode may have two), plus its offset, in both layouts: per diode and node
+    by node (the slots' gather of it), to float64 rounding."""
+    from analog_ep.emulator.operators import FixedTerminals
+
+    g = torch.Generator().manual_seed(4)
+    n_d, B = 50, 5
+    d = torch.cat([torch.arange(n_d), torch.arange(0, n_d, 7)])  # every 7th diode: both terminals fixed
+    idx = torch.randint(0, n_cols, (d.numel(),), generator=g)
+    kap = torch.randn(d.numel(), generator=g, dtype=torch.float64)
+    ext_u = torch.randn(B, n_cols, generator=g, dtype=torch.float64)
+    offset = torch.randn(n_d, generator=g, dtype=torch.float64)
+    expect = torch.zeros(B, n_d, dtype=torch.float64)
+    for j in range(d.numel()):
+        expect[:, d[j]] += kap[j] * ext_u[:, idx[j]]
+    expect += offset
+
+    class Layout:  # what FixedTerminals reads of a colour's Slots: its (k, n_c) diode table
+        d = torch.randint(0, n_d, (2, 6), generator=g)
+
+    fixed = FixedTerminals(d, idx, kap, n_d).with_slots([None, Layout])
+    assert (fixed.P is not None) == (n_cols <= 32)
+    v, laid = fixed.voltages(ext_u, [None, Layout], offset)
+    torch.testing.assert_close(v, expect, rtol=1e-14, atol=1e-14)
+    assert laid[0] is None
+    torch.testing.assert_close(laid[1], expect[:, Layout.d], rtol=1e-14, atol=1e-14)
+
+
 def test_layer_couplings_through_one_amplifier_pair_are_one_matrix():
     """A layer's positive and negative conductances reach the next layer through the + and −
     outputs of the same amplifiers, i.e. between the same free roots: the couplings keep one

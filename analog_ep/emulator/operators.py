@@ -256,6 +256,61 @@ class FixedBlock:
         add_columns_(f, self.free, y if self.gain_free is None else y * self.gain_free)
 
 
+_FEW_COLUMNS = 32  # fixed terminals reading at most this many source columns: one small product
+
+
+@dataclass
+class FixedTerminals:
+    """The diodes' terminals on fixed nodes (sources, ground): diode ``d`` reads column ``idx``
+    of ext_u = [u | 0] with κ = ``kap``. Where they read few distinct columns (a layer's clamps
+    share two rails), the part of every diode's voltage they fix is one small product
+    ext_u[:, cols] @ P, and its node-by-node layout another (``P_slots``), instead of
+    gathering and scattering a batch of every diode (the same sums: each diode has its terms
+    in one column of P)."""
+
+    d: torch.Tensor  # (m,) diode of each fixed terminal
+    idx: torch.Tensor  # (m,) its column of [u | 0]
+    kap: torch.Tensor  # (m,) its κ
+    n_d: int  # diodes
+    cols: torch.Tensor | None = None  # the distinct columns read (None: too many, gathered instead)
+    P: torch.Tensor | None = None  # (n_cols, n_d)
+    P_slots: list[torch.Tensor | None] = dataclasses.field(default_factory=list)  # per colour: (n_cols, k·n_c)
+
+    def __post_init__(self) -> None:
+        cols, pos = torch.unique(self.idx, return_inverse=True)
+        if cols.numel() <= _FEW_COLUMNS:
+            self.cols = cols
+            self.P = self.kap.new_zeros(cols.numel(), self.n_d).index_put_((pos, self.d), self.kap, accumulate=True)
+
+    def with_slots(self, slots: list["Slots | None"]) -> "FixedTerminals":
+        """These terminals with the node-by-node projections of each colour's ``slots``."""
+        if self.P is not None:
+            self.P_slots = [None if sl is None else self.P[:, sl.d.flatten()] for sl in slots]
+        return self
+
+    def voltages(self, ext_u: torch.Tensor, slots: list["Slots | None"],
+                 offset: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """The fixed part of each diode's voltage (B, n_d), V, for ext_u = [u | 0] (B, n_src + 1),
+        V, plus ``offset`` (n_d,) where amplifiers have offsets, and the same laid out in each
+        colour's ``slots`` ((B, k, n_c) or None)."""
+        B = ext_u.shape[0]
+        if self.P is None:
+            v = ext_u.new_zeros(B, self.n_d).index_add_(1, self.d, ext_u.index_select(1, self.idx).mul_(self.kap))
+            v = v if offset is None else v + offset
+            laid = [None if sl is None else v.index_select(1, sl.d.flatten()).view(B, *sl.d.shape) for sl in slots]
+            return v, laid
+        x = ext_u.index_select(1, self.cols)
+        v = x @ self.P if offset is None else torch.addmm(offset, x, self.P)
+        laid = []
+        for sl, P in zip(slots, self.P_slots):
+            if sl is None:
+                laid.append(None)
+                continue
+            w = x @ P if offset is None else torch.addmm(offset[sl.d.flatten()], x, P)
+            laid.append(w.view(B, *sl.d.shape))
+        return v, laid
+
+
 @dataclass
 class StaticOperators:
     """The parts of the operators that depend on the parameters only: built once and reused
@@ -269,7 +324,7 @@ class StaticOperators:
     M: Coupling
     ff: Callable[[], tuple]  # (ra, rb, γa, γb, g) of free-free elements, for Johnson noise (built on demand)
     dio: DiodeSet  # with an empty v_fixed
-    dio_fixed: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (diode, ext index, κ) of fixed terminals
+    dio_fixed: FixedTerminals  # the diodes' terminals on fixed nodes
     gain: torch.Tensor
     offset: torch.Tensor | None  # node offsets (V) from amplifier offset voltages (device models)
     dio_offset: torch.Tensor | None  # their part of each diode's voltage, V
@@ -515,11 +570,8 @@ def _source_terms(st: StaticOperators, u: torch.Tensor) -> tuple[torch.Tensor, t
     f = st.f_const.expand(u.shape[0], -1).clone() if st.K is None else ext_u @ st.K + st.f_const
     for blk in st.fixed_blocks:
         blk.add_inflow_(f, ext_u)
-    d, idx, k = st.dio_fixed
-    v_fixed = u.new_zeros(u.shape[0], st.dio.IS.numel()).index_add(1, d, k * ext_u[:, idx])
-    if st.dio_offset is not None:
-        v_fixed = v_fixed + st.dio_offset
-    return f, v_fixed, [None if sl is None else v_fixed[:, sl.d] for sl in st.dio.slots]
+    v_fixed, fixed_slots = st.dio_fixed.voltages(ext_u, st.dio.slots, st.dio_offset)
+    return f, v_fixed, fixed_slots
 
 
 _DIODE_KEYS = ("IS:", "N:", "BV:", "IBV:", "a:")  # the parameters the diode set depends on (gains: "a:")
@@ -538,8 +590,8 @@ def _cached_diodes(cc: Compiled, gain: torch.Tensor, positions: list[torch.Tenso
 
 
 def _diodes(cc: Compiled, gain: torch.Tensor, positions: list[torch.Tensor]):
-    """Concatenated diode parameters and incidences (overall and per colour), and the fixed
-    terminals as (diode, index into [u | 0], κ)."""
+    """Concatenated diode parameters and incidences (overall and per colour), and the
+    terminals on fixed nodes (:class:`FixedTerminals`)."""
     nf, p, dev, dt = cc.n_free, cc.params, cc.device, cc.dtype
     cat = lambda xs, dtype=dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=dev)
     anode = cat([d.anode for d in cc.diodes], torch.long)
@@ -569,7 +621,8 @@ def _diodes(cc: Compiled, gain: torch.Tensor, positions: list[torch.Tensor]):
              for (shock, _), colour in zip(by_colour, cc.colours)]
     dio = DiodeSet(IS, nvt, xbv, vcrit, ideal, empty, inc, inc.subset(~is_ideal), inc.subset(is_ideal), by_colour,
                    slots, [None] * len(slots))
-    return dio, (cat(fix_d, torch.long), cat(fix_idx, torch.long), cat(fix_kap))
+    fixed = FixedTerminals(cat(fix_d, torch.long), cat(fix_idx, torch.long), cat(fix_kap), anode.numel())
+    return dio, fixed.with_slots(slots)
 
 
 _BV_ITERATIONS = 25  # ngspice's cap on the breakdown-voltage iteration (diotemp.c)
