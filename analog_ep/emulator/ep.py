@@ -66,9 +66,11 @@ def _conductance_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) 
         return memo[key]
 
     side = lambda k, nodes: once("V", k, nodes, lambda: states[k][2].node_voltages(states[k][1], u, nodes))  # V
-    weighted = lambda nodes: once("wV", -1, nodes, lambda: sum(w * side(k, nodes) for k, (w, _, _) in enumerate(states)))
-    half = lambda nodes: once("wV2", -1, nodes, lambda: 0.5 * sum((w * side(k, nodes) ** 2).sum(0)
-                                                                   for k, (w, _, _) in enumerate(states)))
+    each = lambda k, nodes: once("wV", k, nodes, lambda: states[k][0] * side(k, nodes))  # w_k V_k
+    weighted = lambda nodes: once("ΣwV", -1, nodes, lambda: sum(each(k, nodes) for k in range(len(states))))
+    # ½ Σ_k Σ_b w_k V_k², each state's as one fused product and sum over the batch
+    half = lambda nodes: once("wV2", -1, nodes, lambda: 0.5 * sum(torch.linalg.vecdot(each(k, nodes), side(k, nodes), dim=0)
+                                                                   for k in range(len(states))))
     circuits = {id(circ) for _, _, circ in weights_and_states}
     cancels = len(circuits) == 1 and not bool(sum(w for w, _, _ in states).any())
     grads = {}
@@ -93,7 +95,7 @@ def _conductance_grads(cc: Compiled, keys, weights_and_states, u: torch.Tensor) 
             elif fixed_b:
                 lhs, rhs = weighted(a).T, side(0, b)
             else:
-                lhs = torch.cat([w * side(k, a) for k, (w, _, _) in enumerate(states)]).T
+                lhs = torch.cat([each(k, a) for k in range(len(states))]).T
                 rhs = torch.cat([side(k, b) for k in range(len(states))])
             grads[blk.name] = _minus_product(sq, lhs, rhs)
     return grads

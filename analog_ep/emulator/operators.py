@@ -367,11 +367,11 @@ def static_operators(cc: Compiled) -> StaticOperators:
     ffa, ffb, ffga, ffgb, ffg = [], [], [], [], []
     dense, dense_ff = [], []
     positions = _positions(cc)
-    for blk, where in zip(cc.blocks, block_roots(cc)):
+    for blk, where, (ga, gb, unit_a, unit_b) in zip(cc.blocks, block_roots(cc), _block_gains(cc, gain)):
         g = p[blk.name]
-        ra, rb, ga, gb = where.a, where.b, gain[blk.a], gain[blk.b]
-        if blk.dense and where.a_free != where.b_free:
-            fixed_blocks.append(_dense_to_fixed(D, D_fix, nf, where, ga, gb, g))
+        ra, rb = where.a, where.b
+        if where.free_cols is not None:
+            fixed_blocks.append(_dense_to_fixed(D, D_fix, where, ga, gb, unit_a, unit_b, g))
             continue
         if where.layer:  # two free layers: kept dense
             D.index_add_(0, ra, ga * ga * g.sum(1))
@@ -462,6 +462,8 @@ class BlockRoots:
     a_fixed: bool  # every a terminal's root is a fixed one (a source or ground)
     b_fixed: bool
     layer: bool  # a dense block joining two free layers (rows all of one colour, columns of another)
+    free_cols: Columns | None = None  # a dense block with one side free: that side's roots (columns of s)
+    fixed_cols: Columns | None = None  # and the other side's columns of [u | 0]
 
 
 def block_roots(cc: Compiled) -> list[BlockRoots]:
@@ -470,10 +472,30 @@ def block_roots(cc: Compiled) -> list[BlockRoots]:
         nf, positions, out = cc.n_free, _positions(cc), []
         for blk in cc.blocks:
             ra, rb = cc.root[blk.a], cc.root[blk.b]
-            out.append(BlockRoots(ra, rb, bool((ra < nf).all()), bool((rb < nf).all()), bool((ra >= nf).all()),
-                                  bool((rb >= nf).all()), blk.dense and _layer_block(positions, nf, ra, rb)))
+            a_free, b_free = bool((ra < nf).all()), bool((rb < nf).all())
+            sides = {}
+            if blk.dense and a_free != b_free:
+                free, fixed = (ra, rb) if a_free else (rb, ra)
+                sides = dict(free_cols=columns(free), fixed_cols=columns(fixed - nf))
+            out.append(BlockRoots(ra, rb, a_free, b_free, bool((ra >= nf).all()), bool((rb >= nf).all()),
+                                  blk.dense and _layer_block(positions, nf, ra, rb), **sides))
         cc.cache["block_roots"] = out
     return cc.cache["block_roots"]
+
+
+def _block_gains(cc: Compiled, gain: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, bool, bool]]:
+    """Per block: the gains of its a and b terminals and whether each side's are all 1, cached
+    while the node gains are the same tensor (:meth:`Compiled.gain_and_offset` keeps it until an
+    amplifier parameter changes)."""
+    hit = cc.cache.get("block_gains")
+    if hit is None or hit[0] is not gain:
+        per_block = []
+        for blk in cc.blocks:
+            ga, gb = gain[blk.a], gain[blk.b]
+            per_block.append((ga, gb, bool((ga == 1).all()), bool((gb == 1).all())))
+        hit = (gain, per_block)
+        cc.cache["block_gains"] = hit
+    return hit[1]
 
 
 def _positions(cc: Compiled) -> list[torch.Tensor]:
@@ -516,18 +538,18 @@ def _add_offset_currents(cc: Compiled, f: torch.Tensor, gain: torch.Tensor, offs
         f.index_add_(0, rb[fb], (gb * into_b)[fb])
 
 
-def _dense_to_fixed(D, D_fix, nf, where: BlockRoots, ga, gb, g) -> FixedBlock:
+def _dense_to_fixed(D, D_fix, where: BlockRoots, ga, gb, unit_a: bool, unit_b: bool, g) -> FixedBlock:
     """A dense block between free rows and fixed columns (or the reverse), e.g. input sources
     to a hidden layer: its load on the free side added to D and D_fix (row sums), and the block
-    itself, whose current into the free side is one matrix product per batch of sources."""
-    ra, rb = where.a, where.b
+    itself, whose current into the free side is one matrix product per batch of sources
+    (``unit_a``/``unit_b``: a side's gains are all 1)."""
+    ra = where.a
     if not where.a_free:  # make the rows the free side
-        ra, rb, ga, gb, g = rb, ra, gb, ga, g.T
-    load = ga * ga * g.sum(1)
-    D.index_add_(0, ra, load)
-    D_fix.index_add_(0, ra, load)
-    ones = lambda gain: None if bool((gain == 1).all()) else gain
-    return FixedBlock(columns(ra), columns(rb - nf), g, ones(ga), ones(gb))
+        ra, ga, gb, unit_a, unit_b, g = where.b, gb, ga, unit_b, unit_a, g.T
+    load = g.sum(1) if unit_a else ga * ga * g.sum(1)
+    add_columns_(D[None], where.free_cols, load[None])
+    add_columns_(D_fix[None], where.free_cols, load[None])
+    return FixedBlock(where.free_cols, where.fixed_cols, g, None if unit_a else ga, None if unit_b else gb)
 
 
 def assemble(cc: Compiled, u: torch.Tensor, beta: float | torch.Tensor = 0.0,
