@@ -103,33 +103,64 @@ class Slots:
         """Diodes per node (slots)."""
         return self.kap.shape[0]
 
+    def groups(self) -> list[int | None]:
+        """How the kernels walk the slots. Compiled (``torch.compile`` tracing): one slot at a
+        time, so that every operation of a Newton step runs over (B, n_c) and the whole step
+        is one loop over the nodes, with no (B, k, n_c) intermediate stored. Eager: all slots
+        at once (None), (B, k, n_c): half the operations (a small batch's settle is
+        per-operation overhead)."""
+        return list(range(self.k)) if torch.compiler.is_compiling() else [None]
+
+    def part(self, name: str, group: int | None) -> torch.Tensor:
+        """A (k, n_c) table's rows for a group: one slot's (n_c,), or all of them."""
+        t = getattr(self, name)
+        return t if group is None else t[group]
+
+    @staticmethod
+    def at(x: torch.Tensor, group: int | None) -> torch.Tensor:
+        """A node quantity x (B, n_c) shaped to meet a group's per-diode ones."""
+        return x if group is not None else x[:, None, :]
+
+    @staticmethod
+    def fixed(w: torch.Tensor, group: int | None) -> torch.Tensor:
+        """The fixed parts w (B, k, n_c), V, of a group's diodes."""
+        return w if group is None else w[:, group]
+
     def currents(self, w: torch.Tensor, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per slot: its diodes' voltages (V), currents (A) and conductances (S), each (B, n_c),
-        at node voltages x (B, n_c), V, with the fixed parts w (B, k, n_c), V. Slot by slot, so
-        that every operation of a Newton step runs over (B, n_c): compiled, the whole step is
-        then one loop over the nodes, with no (B, k, n_c) intermediate stored."""
+        """Per group of :meth:`groups`: its diodes' voltages (V), currents (A) and conductances
+        (S), each (B, n_c) or (B, k, n_c), at node voltages x (B, n_c), V, with the fixed parts
+        w (B, k, n_c), V."""
         out = []
-        for j in range(self.k):
-            v = w[:, j] + self.kap[j] * x
-            i, di = diode_iv(v, self.IS[j], self.nvt[j], None if self.xbv is None else self.xbv[j], self.inv_nvt[j])
+        for g in self.groups():
+            v = self.fixed(w, g) + self.part("kap", g) * self.at(x, g)
+            xbv = None if self.xbv is None else self.part("xbv", g)
+            i, di = diode_iv(v, self.part("IS", g), self.part("nvt", g), xbv, self.part("inv_nvt", g))
             out.append((v, i, di))
         return out
 
     @staticmethod
-    def add(base: torch.Tensor, per_slot: list[torch.Tensor]) -> torch.Tensor:
-        """base (B, n_c) plus each node's per-diode terms (one (B, n_c) per slot), in
-        incidence order."""
-        for term in per_slot:
-            base = base + term
+    def add(base: torch.Tensor, per_diode: list[torch.Tensor]) -> torch.Tensor:
+        """base (B, n_c) plus each node's per-diode terms (per group: (B, n_c) or (B, k, n_c)),
+        in incidence order."""
+        for term in per_diode:
+            for one in _slot_slices(term, base.dim()):
+                base = base + one
         return base
 
     def bounds(self, x: torch.Tensor, upper: list[torch.Tensor], lower: list[torch.Tensor]) -> torch.Tensor:
-        """x (B, n_c) clipped to the tightest of its diodes' bounds (one (B, n_c) per slot):
-        ``upper`` (finite) where κ > 0 and ``lower`` where κ < 0."""
-        hi, lo = upper[0] + self.open_up[0], lower[0] + self.open_down[0]
-        for j in range(1, self.k):
-            hi, lo = torch.minimum(hi, upper[j] + self.open_up[j]), torch.maximum(lo, lower[j] + self.open_down[j])
+        """x (B, n_c) clipped to the tightest of its diodes' bounds (per group, as
+        :meth:`currents` gives them): ``upper`` (finite) where κ > 0 and ``lower`` where κ < 0."""
+        ups = [t for g, u in zip(self.groups(), upper) for t in _slot_slices(u + self.part("open_up", g), x.dim())]
+        downs = [t for g, d in zip(self.groups(), lower) for t in _slot_slices(d + self.part("open_down", g), x.dim())]
+        hi, lo = ups[0], downs[0]
+        for up, down in zip(ups[1:], downs[1:]):
+            hi, lo = torch.minimum(hi, up), torch.maximum(lo, down)
         return torch.minimum(torch.maximum(x, lo), hi)
+
+
+def _slot_slices(t: torch.Tensor, node_dim: int) -> list[torch.Tensor]:
+    """A group's per-diode tensor as one (B, n_c) slice per slot."""
+    return [t] if t.dim() == node_dim else [t[:, j] for j in range(t.shape[1])]
 
 
 def _slots(shock: Incidences, n_c: int, single: torch.Tensor, IS: torch.Tensor, nvt: torch.Tensor,
@@ -791,7 +822,7 @@ def _slot_residual(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor
     """A colour's KCL residual D x − f + Σ κ·I (B, n_c), A: its nodes at voltages x (B, n_c), V,
     with conductance D (S) and inflow f (A), and the current its slotted diodes draw (fixed
     parts w (B, k, n_c), V)."""
-    return sl.add(Dc * x - f, [sl.kap[j] * i for j, (_, i, _) in enumerate(sl.currents(w, x))])
+    return sl.add(Dc * x - f, [sl.part("kap", g) * i for g, (_, i, _) in zip(sl.groups(), sl.currents(w, x))])
 
 
 def _diode_entries(dio: DiodeSet, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

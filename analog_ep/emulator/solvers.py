@@ -194,7 +194,7 @@ def _slot_newton_steps(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Te
 
 def _knee_start(sl: Slots, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """x (B, n_c), V, brought back to no further into forward bias than any diode's knee."""
-    knee = [-(w[:, j] - sl.vcrit[j]) * sl.inv_kap[j] for j in range(sl.k)]
+    knee = [-(sl.fixed(w, g) - sl.part("vcrit", g)) * sl.part("inv_kap", g) for g in sl.groups()]
     return sl.bounds(x, knee, knee)
 
 
@@ -202,12 +202,13 @@ def _slot_newton_step(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Ten
                       f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of :func:`_slot_newton`: the new x (B, n_c), V, the step taken (V) and the
     Hessian (S) it was taken with."""
-    per_slot = sl.currents(w, x)
-    grad = sl.add(Dc * x - f, [sl.kap[j] * i for j, (_, i, _) in enumerate(per_slot)])
-    hess = sl.add(Dc.expand_as(x), [sl.kap[j] * sl.kap[j] * di for j, (_, _, di) in enumerate(per_slot)])
+    groups, per_group = sl.groups(), sl.currents(w, x)
+    kap = [sl.part("kap", g) for g in groups]
+    grad = sl.add(Dc * x - f, [k * i for k, (_, i, _) in zip(kap, per_group)])
+    hess = sl.add(Dc.expand_as(x), [k * k * di for k, (_, _, di) in zip(kap, per_group)])
     step = -grad / hess
-    rise = [_allowed_rise(v, sl.vcrit[j], sl.nvt[j], sl.kap[j] * step, sl.inv_nvt[j]) * sl.inv_akap[j]
-            for j, (v, _, _) in enumerate(per_slot)]
+    rise = [_allowed_rise(v, sl.part("vcrit", g), sl.part("nvt", g), k * sl.at(step, g), sl.part("inv_nvt", g))
+            * sl.part("inv_akap", g) for g, k, (v, _, _) in zip(groups, kap, per_group)]
     step = sl.bounds(step, rise, [-r for r in rise])
     return x + step, step, hess
 
