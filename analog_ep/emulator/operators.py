@@ -574,9 +574,8 @@ def _dense_to_fixed(D, D_fix, where: BlockRoots, ga, gb, unit_a: bool, unit_b: b
     to a hidden layer: its load on the free side added to D and D_fix (row sums), and the block
     itself, whose current into the free side is one matrix product per batch of sources
     (``unit_a``/``unit_b``: a side's gains are all 1)."""
-    ra = where.a
     if not where.a_free:  # make the rows the free side
-        ra, ga, gb, unit_a, unit_b, g = where.b, gb, ga, unit_b, unit_a, g.T
+        ga, gb, unit_a, unit_b, g = gb, ga, unit_b, unit_a, g.T
     load = g.sum(1) if unit_a else ga * ga * g.sum(1)
     add_columns_(D[None], where.free_cols, load[None])
     add_columns_(D_fix[None], where.free_cols, load[None])
