@@ -157,12 +157,17 @@ def main() -> None:
                           f"({row['per_sample_seconds'] * 1e6:9.1f} us/sample), {row['free_sweeps']:.1f} free sweeps, "
                           f"{row['achieved_flops_per_s'] / 1e9:8.2f} GFLOP/s = {100 * row['fraction_of_peak']:.1f} % "
                           f"of a large matmul ({row['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s)", flush=True)
+    write_results(args.out, steps=rows)
+
+
+def write_results(path: str, **fields) -> None:
+    """Write ``fields`` as JSON to ``path``, with the machine, GPU, torch version and threads."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     out = dict(machine=platform.processor() or platform.machine(), gpu=gpu, torch=torch.__version__,
-               threads=torch.get_num_threads(), steps=rows)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+               threads=torch.get_num_threads(), **fields)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
