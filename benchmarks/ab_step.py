@@ -26,21 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
-from ep_step import inputs, write_results
-from torch_devices import add_devices_option, parse_devices
-
-ROOT = Path(__file__).resolve().parents[1]
+from ep_step import inputs, step_config, write_results
+from torch_devices import add_devices_option, parse_devices, sync
 
 
-def trainer(package: str, layers: str, dtype: str, fused: bool, device: str):
+def trainer(package: str, layers: str, dtype: str, eager: bool, device: str):
     """A Trainer of ``package`` (analog_ep or analog_ep_base) on the 1H config's components."""
     train = __import__(f"{package}.train", fromlist=["Config", "Trainer"])
-    cfg = train.Config.load(ROOT / "examples" / "mnist_1h.toml")
-    cfg.circuit.layers, cfg.train.dtype, cfg.train.lr = layers, dtype, cfg.train.lr[:1]
-    cfg.train.fused = fused
-    return train.Trainer(cfg, device=device)
+    return train.Trainer(step_config(train.Config, layers, dtype, eager), device=device)
 
 
 def main() -> None:
@@ -60,7 +54,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(Path(args.base) / "analog_ep", Path(tmp) / "analog_ep_base")
         sys.path.insert(0, tmp)
-        versions = {name: trainer(name, args.layers, args.dtype, not args.eager, device)
+        versions = {name: trainer(name, args.layers, args.dtype, args.eager, device)
                     for name in ("analog_ep_base", "analog_ep")}
         xs, ys, source = inputs(args.batch * (args.steps + 3))
         batches = [(xs[i * args.batch:(i + 1) * args.batch], ys[i * args.batch:(i + 1) * args.batch])
@@ -71,12 +65,10 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in versions}
         for i, (x, y) in enumerate(batches[3:]):
             for name in (list(versions) if i % 2 else list(versions)[::-1]):
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize(device)
+                sync(device)
                 t0 = time.perf_counter()
                 versions[name].step(x, y)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize(device)
+                sync(device)
                 times[name].append(time.perf_counter() - t0)
         base, cur = versions["analog_ep_base"].params, versions["analog_ep"].params
         diff = max(float((base[k].detach() - cur[k].detach()).abs().max()) for k in cur)

@@ -92,12 +92,20 @@ def step_flops(tr: Trainer, x, y) -> float:
     return float(counter.flops)
 
 
-def bench(name: str, device: str, dtype: str, batch: int, repeats: int, data, eager: bool) -> dict:
-    cfg = Config.load(Path(__file__).resolve().parents[1] / "examples" / "mnist_1h.toml")
-    cfg.circuit.layers = CIRCUITS[name]
+def step_config(config_cls: type, layers: str, dtype: str, eager: bool):
+    """``examples/mnist_1h.toml`` with the given layers, dtype (tf32: float32 storage) and one
+    learning rate, fused as the config says unless ``eager``; ``config_cls`` is the Config of the
+    analog_ep package to build (``ab_step.py`` builds two versions')."""
+    cfg = config_cls.load(Path(__file__).resolve().parents[1] / "examples" / "mnist_1h.toml")
+    cfg.circuit.layers = layers
     cfg.train.dtype = "float64" if dtype == "float64" else "float32"
     cfg.train.lr = cfg.train.lr[:1]
     cfg.train.fused = cfg.train.fused and not eager
+    return cfg
+
+
+def bench(name: str, device: str, dtype: str, batch: int, repeats: int, data, eager: bool) -> dict:
+    cfg = step_config(Config, CIRCUITS[name], dtype, eager)
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

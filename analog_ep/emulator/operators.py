@@ -556,9 +556,9 @@ def _add_offset_currents(cc: Compiled, f: torch.Tensor, gain: torch.Tensor, offs
     """Amplifier offsets shift node voltages by constants: through each conductance g they push
     a constant current −γ_a g (o_a − o_b) into the free root of a (and the opposite into b's)."""
     nf = cc.n_free
-    for blk in cc.blocks:
+    for blk, where, (ga, gb, _, _) in zip(cc.blocks, block_roots(cc), _block_gains(cc, gain)):
         g = cc.params[blk.name]
-        ra, rb, ga, gb = cc.root[blk.a], cc.root[blk.b], gain[blk.a], gain[blk.b]
+        ra, rb = where.a, where.b
         if blk.dense:
             gd = g * (offset[blk.a][:, None] - offset[blk.b][None, :])
             into_a, into_b = gd.sum(1), gd.sum(0)
