@@ -389,6 +389,58 @@ def test_layer_couplings_through_one_amplifier_pair_are_one_matrix():
     for colour, cols in enumerate(M.cols):
         known = (colour, inflow(ops, s, colour, cols))
         assert torch.equal(residual(cc, ops, s, u, known=known), residual(cc, ops, s, u))
+        # a colour's rows of M s (through the thin block's contiguous transposed copy)
+        torch.testing.assert_close(M.rows(colour, s, torch.zeros_like(s[:, cols])), expect[:, cols], rtol=1e-13,
+                                   atol=1e-300)
+    W = M.dense[0][2]
+    assert [t.is_contiguous() for t in M._dense_t] == [True] and torch.equal(M._dense_t[0], W.T)
+
+
+def test_a_first_sweep_that_runs_out_of_newton_steps_is_not_checked(monkeypatch):
+    """A settle's first sweep starts from the linear first guess; where its last colour's
+    Newton ends before its steps are small, the residual is not evaluated after it (it would be
+    above tolerance) and the next check decides: one check fewer, the same tolerance."""
+    import analog_ep.emulator.solvers as solvers
+
+    c = layered("12,9,4", seed=1, g_init=(1e-6, 1e-4), amplifier_gain=4.0, diode=DiodeModel(1e-14, 1.0),
+                clamp=(0.0, 1.0))
+    cc = compile_circuit(c)
+    u = cc.inputs_to_sources(torch.rand(3, 12, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 16)
+    checks, ends = [], []
+    residual, sweep = solvers.Problem.residual, solvers._bcd_sweep
+
+    def counted(self, s, known=None):
+        checks.append(len(ends))
+        return residual(self, s, known)
+
+    def recorded(*args, **kwargs):
+        out = sweep(*args, **kwargs)
+        ends.append(out[2])
+        return out
+
+    monkeypatch.setattr(solvers.Problem, "residual", counted)
+    monkeypatch.setattr(solvers, "_bcd_sweep", recorded)
+    res = settle(cc, u, method="bcd", options={"inner": 1})
+    assert res.converged and res.iterations == len(ends) >= 3
+    assert ends[0] is False and checks == list(range(2, len(ends) + 1))  # no check after sweep 1
+
+
+def test_node_voltages_read_a_layer_from_its_side_and_remember_where():
+    """A layer's voltages are read from s (free roots) or u (sources) directly, the same values
+    as from every node's voltages; where a slice or the outputs are read from is worked out once."""
+    c = layered("12,9,4", seed=1, amplifier_gain=4.0, diode=DiodeModel(1e-14, 1.0), clamp=(0.0, 1.0))
+    cc = compile_circuit(c)
+    u = cc.inputs_to_sources(torch.rand(3, 12, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 16)
+    s = settle(cc, u).s
+    V = cc.voltages(s, u)
+    blocks = [b for b in cc.blocks if b.dense]
+    sides = [b.a_cols for b in blocks] + [b.b_cols for b in blocks]
+    assert any(isinstance(n, slice) for n in sides)
+    for nodes in sides + [cc.outputs, torch.arange(cc.root.numel())]:  # the last: a mix (ground, sources, free)
+        assert torch.equal(cc.node_voltages(s, u, nodes), V[:, nodes])
+    plans = {k: v for k, v in cc.cache.items() if k[0] == "read"}
+    assert ("read", "outputs") in plans and plans[("read", "outputs")][0] == "free"
+    assert {v[0] for v in plans.values()} == {"free", "source"}
 
 
 @settings(max_examples=30, deadline=None)

@@ -100,3 +100,7 @@ def test_fused_kernel_reads_strided_inputs_in_place():
     if kernel.broken is not None:  # no working C++ compiler: the eager fallback (tested above) ran
         pytest.skip(f"torch.compile unavailable here: {kernel.broken}")
     assert kernel.variants == 2  # two layouts, three batch sizes
+    # each copy is its own code to torch.compile (a name of its own): what one copy's calls
+    # teach it (a batch size that varies, so a symbolic one) does not reach another's widths
+    names = {c._torchdynamo_orig_callable.__name__ for c in kernel._compiled.values()}
+    assert len(names) == kernel.variants

@@ -224,6 +224,24 @@ def test_nan_stops_training_and_keeps_last_checkpoint(tmp_path):
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved
 
 
+def test_a_non_finite_gradient_stops_the_step_naming_its_parameter():
+    tr = Trainer(tiny_config(epochs=1), data=DIGITS)
+    before = {k: tr.params[k].detach().clone() for k in tr.keys}
+    bad = tr.keys[-1]
+    ep_step = tr.model.ep_step
+
+    def poisoned(*args, **kwargs):
+        res = ep_step(*args, **kwargs)
+        tr.params[bad].grad.view(-1)[0] = float("inf")
+        return res
+
+    tr.model.ep_step = poisoned
+    with pytest.raises(TrainingError, match=f"non-finite EP gradient for {bad} in epoch 1"):
+        tr.step(torch.as_tensor(DIGITS.x_train[:8]), torch.as_tensor(DIGITS.y_train[:8]))
+    for k in tr.keys:  # nothing was updated
+        assert torch.equal(tr.params[k], before[k])
+
+
 def test_a_run_collapsing_to_chance_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     tr = Trainer(tiny_config(epochs=1), data=DIGITS, out=tmp_path)
     tr.fit(progress=False)

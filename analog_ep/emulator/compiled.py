@@ -189,16 +189,32 @@ class Compiled:
         """Voltages (B, n), V, of the nodes ``nodes`` (node indices, or a slice of them) alone:
         ``voltages(s, u)[:, nodes]`` without gathering every node (a layer's nodes, whose roots
         are all free or all sources, are read from s or u directly)."""
+        side, cols = self._read_plan(nodes)
+        if side is None:  # ground or a mix
+            return self.voltages(s, u)[:, nodes]
+        ext = s if side == "free" else u.expand(s.shape[0], -1)
+        gain, offset = self.gain_and_offset()
+        V = ext[:, cols] * gain[nodes]
+        return V if offset is None else V + offset[nodes]
+
+    def _read_plan(self, nodes: Columns) -> tuple[str | None, Columns | None]:
+        """Where :meth:`node_voltages` reads ``nodes`` from: ("free", their columns of s),
+        ("source", their columns of u) or (None, None) for ground or a mix. Cached for a slice
+        and for the outputs (the structure is fixed; working it out costs several syncs)."""
+        key = ("read", (nodes.start, nodes.stop, nodes.step)) if isinstance(nodes, slice) else \
+            ("read", "outputs") if nodes is self.outputs else None
+        if key is not None and key in self.cache:
+            return self.cache[key]
         root, nf = self.root[nodes], self.n_free
         if bool((root < nf).all()):
-            ext, idx = s, root
+            plan = ("free", columns(root))
         elif bool(((root >= nf) & (root < nf + self.n_src)).all()):
-            ext, idx = u.expand(s.shape[0], -1), root - nf
-        else:  # ground or a mix
-            return self.voltages(s, u)[:, nodes]
-        gain, offset = self.gain_and_offset()
-        V = ext[:, columns(idx)] * gain[nodes]
-        return V if offset is None else V + offset[nodes]
+            plan = ("source", columns(root - nf))
+        else:
+            plan = (None, None)
+        if key is not None:
+            self.cache[key] = plan
+        return plan
 
     def gain_and_offset(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`node_gain` and :meth:`node_offset` of the present parameters, cached in

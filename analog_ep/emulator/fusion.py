@@ -56,12 +56,16 @@ class Fusable(Generic[P, R]):
             # each compiled for its own sizes with the batch left free: torch.compile keeps at
             # most recompile_limit (8) variants per code object, and a kernel compiled for
             # symbolic layer widths takes its loop schedule from the first width it saw (a
-            # 10-node output layer's made the 1024-node hidden layer's step 1.6x slower). The
+            # 10-node output layer's made the 1024-node hidden layer's step 1.6x slower). Each
+            # copy has a name of its own: torch.compile remembers which sizes varied by file,
+            # line and name, so copies of one name would share it (the hidden layer's copy was
+            # compiled for a symbolic width once the output layer's had been seen). The
             # layouts (a colour's columns of a batch, a conductance broadcast over it) are read
             # as they are: their strides do not depend on the batch size
             fn = self.eager
-            code = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
-                                      fn.__closure__)
+            name = f"{fn.__name__}_{len(self._compiled)}"
+            code = types.FunctionType(fn.__code__.replace(co_name=name, co_qualname=name), fn.__globals__,
+                                      name, fn.__defaults__, fn.__closure__)
             self._compiled[key] = torch.compile(code)
         try:
             return self._compiled[key](*args)

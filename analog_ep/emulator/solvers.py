@@ -155,7 +155,7 @@ def _limit_step(step: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, rise: to
 
 
 def _slot_newton(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor,
-                 inner: int, tol: torch.Tensor, restart: bool, fused: bool) -> torch.Tensor:
+                 inner: int, tol: torch.Tensor, restart: bool, fused: bool) -> tuple[torch.Tensor, bool]:
     """Up to ``inner`` safeguarded Newton steps on each node's convex 1-D problem
     min ½ D x² − f x + Σ co-content(w + κ x), from x (B, n_c), V; w (B, k, n_c) are the fixed
     parts of its diodes' voltages (V), D (S) and f (A) its conductance and inflow, ``tol`` its
@@ -163,18 +163,19 @@ def _slot_newton(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, 
     guess, far into forward bias), a start beyond a diode's knee restarts at the knee; rises
     are limited by :func:`_allowed_rise`; the steps end once :func:`_step_small`. ``fused``:
     compiled (:func:`_slot_newton_steps`), the first two steps as one kernel (a warm-started
-    node usually needs one step and a second to confirm it), any further ones one by one."""
+    node usually needs one step and a second to confirm it), any further ones one by one.
+    Returns x and whether the last step was small."""
     taken, done = 0, False
     if fused:
         first = min(2, inner)
-        x, done = _slot_newton_steps(sl, w, x, Dc, f, tol, first, restart, fused=True)
-        taken = first
+        x, small = _slot_newton_steps(sl, w, x, Dc, f, tol, first, restart, fused=True)
+        taken, done = first, bool(small)
     elif restart:
         x = _knee_start(sl, w, x)
     while not done and taken < inner:
         x, small = _slot_newton_steps(sl, w, x, Dc, f, tol, 1, False, fused=fused)
         done, taken = bool(small), taken + 1
-    return x
+    return x, done
 
 
 @fusable
@@ -234,15 +235,18 @@ def _allowed_rise(vd: torch.Tensor, vcrit: torch.Tensor, nvt: torch.Tensor, prop
 
 
 def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: torch.Tensor,
-               restart: bool, fused: bool = False) -> tuple[torch.Tensor, tuple[int, torch.Tensor]]:
+               restart: bool, fused: bool = False) -> tuple[torch.Tensor, tuple[int, torch.Tensor], bool]:
     """One sweep over the colours, updating s (B, n_free), V, in place: each colour's nodes set
     to their exact optimum given the others (weighted mean, then up to ``inner`` safeguarded
     Newton steps for Shockley diodes, then the ideal clamps' clip); ``tol`` (B, n_free), A, is
     the settle's tolerance; with ``restart`` (the first sweep), Newton starts no further into
     forward bias than the knee; ``fused``: the node-by-node Newton's steps as compiled kernels.
-    Returns s and (the last colour, its inflow, A), which is still its inflow at the new s."""
+    Returns s, (the last colour, its inflow, A), which is still its inflow at the new s, and
+    whether the last colour's Newton steps ended small (:func:`_step_small`; True without
+    Shockley diodes)."""
     dio = ops.dio
     for c, colour in enumerate(ops.M.cols):
+        small = True
         f = inflow(ops, s, c, colour)
         Dc = ops.D[:, colour]
         shock, clamps = dio.by_colour[c]
@@ -250,7 +254,8 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
         if (shock.d.numel() and slots is None) or clamps.d.numel():
             v = dio.voltages(s)
         if slots is not None:  # the same Newton, on the node-by-node layout
-            x = _slot_newton(slots, dio.fixed_slots[c], s[:, colour], Dc, f, inner, tol[:, colour], restart, fused)
+            x, small = _slot_newton(slots, dio.fixed_slots[c], s[:, colour], Dc, f, inner, tol[:, colour], restart,
+                                    fused)
         elif shock.d.numel():  # warm-started, step-limited Newton on each node's convex 1-D problem
             w = v[:, shock.d] - shock.kap * s[:, shock.root]  # the part not set by this node
             IS, nvt, vcrit = dio.IS[shock.d], dio.nvt[shock.d], dio.vcrit[shock.d]
@@ -258,7 +263,7 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
             x = s[:, colour]
             if restart:  # the start may be far into forward bias (the linear first guess)
                 x = _clip_to_clamps(x, shock.loc, shock.kap, w - vcrit)
-            akap = shock.kap.abs()
+            akap, small = shock.kap.abs(), False
             for _ in range(inner):
                 vd = w + shock.kap * x[:, shock.loc]
                 i, di = diode_iv(vd, IS, nvt, xbv)
@@ -268,7 +273,8 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
                 rise = _allowed_rise(vd, vcrit, nvt, shock.kap * step[:, shock.loc]) / akap
                 step = _limit_step(step, shock.loc, shock.kap, rise)
                 x = x + step
-                if bool(_step_small(step, hess, tol[:, colour])):
+                small = bool(_step_small(step, hess, tol[:, colour]))
+                if small:
                     break
         else:  # no Shockley diode: the conductance-weighted mean is exact
             x = f / Dc
@@ -276,7 +282,7 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
             w = v[:, clamps.d] - clamps.kap * s[:, clamps.root]
             x = _clip_to_clamps(x, clamps.loc, clamps.kap, w)
         set_columns_(s, colour, x)
-    return s, (c, f)
+    return s, (c, f), small
 
 
 _BCD_HINT = "use method='auto' (a Newton finish where BCD stalls) or raise max_iters"
@@ -288,13 +294,17 @@ def _bcd_run(problem: Problem, s: torch.Tensor, max_iters: int, inner: int, chec
     after the last) is within tolerance, at most ``max_iters``. With ``stall`` = (window, drop): also stop,
     reporting a stall, at a check where the worst residual-to-tolerance ratio max_i |r_i|/tol_i
     has fallen by less than a factor ``drop`` since the last check at least ``window`` sweeps
-    earlier. The sweeps and checks are the same with or without it."""
+    earlier. The sweeps and checks are the same with or without it. The first sweep is not
+    checked where its last colour's Newton steps did not end small (it started from the first
+    guess and ran out of steps: its residual is above tolerance but for a fluke, and the next
+    check decides; a check costs about a sweep of the largest colour)."""
     it, r, s = 0, None, s.clone()  # the sweeps update it in place
     history: deque[tuple[int, float]] = deque()  # (sweep, ratio) of the checks
     while it < max_iters:
-        s, last = _bcd_sweep(problem.cc, problem.ops, s, inner, problem.tol, restart=it == 0, fused=problem.fused)
+        s, last, small = _bcd_sweep(problem.cc, problem.ops, s, inner, problem.tol, restart=it == 0,
+                                    fused=problem.fused)
         it += 1
-        if it % check_every == 0 or it == max_iters:
+        if (it % check_every == 0 and (small or it > 1)) or it == max_iters:
             r = problem.residual(s, known=last)
             if problem.converged(r):
                 return Outcome(s, r, True, it), False

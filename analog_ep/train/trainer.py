@@ -173,10 +173,13 @@ class Trainer:
         if self.dist.active:  # shard means -> global batch mean
             b = len(labels[mine])
             *grads, loss, wrong = self.dist.sum([g * (b / B) for g in grads] + [loss.to(self.device), wrong.to(self.device)])
+        # a sum is finite unless an element is not (or it overflows: then look at each); one
+        # sync for all of them
+        if grads and not bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all()):
+            for k, g in zip(self.keys, grads):
+                if not bool(torch.isfinite(g).all()):
+                    raise self._stop(f"non-finite EP gradient for {k} in epoch {self.epoch + 1}")
         for k, g in zip(self.keys, grads):
-            # a sum is finite unless an element is not (or it overflows: then look at each)
-            if not bool(torch.isfinite(g.sum())) and not bool(torch.isfinite(g).all()):
-                raise self._stop(f"non-finite EP gradient for {k} in epoch {self.epoch + 1}")
             self.params[k].grad = g
         self.model.optimizer_step(self.opt)
         return float(loss) / B, float(wrong) / B, res.iterations
