@@ -97,6 +97,7 @@ class Slots:
     inv_nvt: torch.Tensor  # (k, n_c) 1/(N·V_T), V⁻¹: the kernels multiply where they would divide
     vcrit: torch.Tensor  # (k, n_c) V
     xbv: torch.Tensor | None  # (k, n_c) V (inf where padded); None when no diode breaks down
+    step_cap: torch.Tensor  # (n_c,) V: min over the node's diodes of N·V_T/|κ| (inf: none)
 
     @property
     def k(self) -> int:
@@ -185,9 +186,10 @@ def _slots(shock: Incidences, n_c: int, single: torch.Tensor, IS: torch.Tensor, 
     inv = lambda t: torch.where(t != 0, 1.0 / torch.where(t != 0, t, 1.0), 0.0)
     zero = torch.zeros_like(kap)
     slot_nvt = table(nvt[shock.d], 1.0)
+    cap = torch.where(kap != 0, slot_nvt * inv(kap.abs()), math.inf).amin(0)
     return Slots(table(shock.d, 0), kap, inv(kap.abs()), inv(kap), torch.where(kap > 0, zero, math.inf),
                  torch.where(kap < 0, zero, -math.inf), table(IS[shock.d], 0.0), slot_nvt, 1.0 / slot_nvt,
-                 table(vcrit[shock.d], 0.0), None if xbv is None else table(xbv[shock.d], math.inf))
+                 table(vcrit[shock.d], 0.0), None if xbv is None else table(xbv[shock.d], math.inf), cap)
 
 
 def _times(s: torch.Tensor, Wt: torch.Tensor) -> torch.Tensor:
@@ -801,16 +803,19 @@ def inflow(ops: Operators, s: torch.Tensor, colour: int | None = None,
 
 
 def residual(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor, fused: bool = False,
-             known: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+             known: tuple[int, torch.Tensor] | None = None, proven: bool = False) -> torch.Tensor:
     """KCL residual r = ∂E/∂s (B, n_free), A: the current leaving each free node at voltages s
     (V) with sources u (V); projected to zero where an active ideal clamp can supply it.
     ``fused``: the node-by-node diode currents as one compiled kernel per colour. ``known``:
     (colour, its inflow at s, A), already computed (a BCD sweep's last colour: no other colour
-    has moved since)."""
+    has moved since); with ``proven``, that colour's residual is known to be within tolerance
+    (its last Newton step bounds it) and is not evaluated: its entries are 0."""
     dio = ops.dio
     if dio.shock.d.numel() and dio.slotted:  # colour by colour: D x − f + its diodes' currents, one pass
-        r = torch.empty_like(s)
+        r = torch.zeros_like(s) if proven else torch.empty_like(s)
         for c, (sl, w, cols) in enumerate(zip(dio.slots, dio.fixed_slots, ops.M.cols)):
+            if proven and known[0] == c:
+                continue
             f = known[1] if known is not None and known[0] == c else inflow(ops, s, c, cols)
             x, Dc = s[:, cols], ops.D[:, cols]
             set_columns_(r, cols, Dc * x - f if sl is None else _slot_residual(sl, w, x, Dc, f, fused=fused))

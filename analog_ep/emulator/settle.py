@@ -11,15 +11,16 @@ conductance and V_scale the largest source voltage: rtol is a relative voltage e
 """
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .compiled import Compiled
-from .operators import assemble, residual
+from .operators import Operators, assemble, residual
 from .solvers import Problem, get_solver
 
 
@@ -34,18 +35,32 @@ class ConvergenceError(RuntimeError):
 
 @dataclass
 class SettleResult:
-    """A settled state and how converged it is."""
+    """A settled state and how converged it is. ``residual`` and ``rel_residual`` are worked
+    out when first read (a training step reads neither; ``converged`` is decided without them)."""
 
     s: torch.Tensor  # free node voltages (B, n_free), V
     u: torch.Tensor  # source voltages (B, n_src), V
-    residual: float  # max |KCL residual| over nodes and samples, A
-    rel_residual: float  # max |r_i| / (D_i V_scale)
     iterations: int  # all stages together
     converged: bool
     method: str  # the method, and for "auto" the stages that ran: "auto:bcd" or "auto:bcd+newton"
     seconds: float
     cc: Compiled
+    stats: Callable[[], tuple[float, float]] = field(repr=False, compare=False)  # -> (residual, rel_residual)
     stages: dict[str, int] = field(default_factory=dict)  # iterations per stage, e.g. {"bcd": 10, "newton": 3}
+
+    @functools.cached_property
+    def _residuals(self) -> tuple[float, float]:
+        return self.stats()
+
+    @property
+    def residual(self) -> float:
+        """max |KCL residual| over nodes and samples, A."""
+        return self._residuals[0]
+
+    @property
+    def rel_residual(self) -> float:
+        """max |r_i| / (D_i V_scale)."""
+        return self._residuals[1]
 
     @property
     def V(self) -> torch.Tensor:
@@ -113,16 +128,26 @@ def settle(cc: Compiled, u: torch.Tensor | None = None, *, method: str = "auto",
         tol = tol + atol if atol else tol
         out = solver(Problem(cc, ops, u, beta, target, tol, fused), s, max_iters, opts)
         s, ok, it = out.s, out.converged, out.iterations
-        r = residual(cc, ops, s, u) if out.r is None else out.r
-        size = r.abs()
-        res = float(size.max()) if r.numel() else 0.0
-        rel = float((size / ops.D).div_(vscale).max()) if r.numel() else 0.0
     name = f"{method}:{out.label}" if out.label else method
-    result = SettleResult(s, u, res, rel, it, ok, name, time.perf_counter() - t0, cc, out.stages or {method: it})
+    result = SettleResult(s, u, it, ok, name, time.perf_counter() - t0, cc,
+                          lambda: _residual_stats(cc, ops, s, u, out.r, vscale), out.stages or {method: it})
     if not ok and on_fail != "ignore":
-        msg = (f"settle ({name}) not converged after {it} iterations: max residual {res:.3g} A, "
-               f"relative {rel:.3g} (rtol {rtol:g}, atol {atol:g})" + (f"; {out.hint}" if out.hint else ""))
+        msg = (f"settle ({name}) not converged after {it} iterations: max residual {result.residual:.3g} A, "
+               f"relative {result.rel_residual:.3g} (rtol {rtol:g}, atol {atol:g})"
+               + (f"; {out.hint}" if out.hint else ""))
         if on_fail == "raise":
             raise ConvergenceError(msg, result)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return result
+
+
+def _residual_stats(cc: Compiled, ops: Operators, s: torch.Tensor, u: torch.Tensor, r: torch.Tensor | None,
+                    vscale: torch.Tensor) -> tuple[float, float]:
+    """max |r| (A) and max |r_i| / (D_i V_scale) at the settled s (V): from the solver's
+    residual r where it evaluated the whole of it, else evaluated here."""
+    with torch.no_grad():
+        r = residual(cc, ops, s, u) if r is None else r
+        if not r.numel():
+            return 0.0, 0.0
+        size = r.abs()
+        return float(size.max()), float((size / ops.D).div_(vscale).max())

@@ -57,10 +57,12 @@ class Problem:
     tol: torch.Tensor
     fused: bool = False
 
-    def residual(self, s: torch.Tensor, known: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+    def residual(self, s: torch.Tensor, known: tuple[int, torch.Tensor] | None = None,
+                 proven: bool = False) -> torch.Tensor:
         """The KCL residual ∂E/∂s (B, n_free), A, at free voltages s (V); ``known``: a colour's
-        inflow at s, already computed (:func:`~analog_ep.emulator.operators.residual`)."""
-        return residual(self.cc, self.ops, s, self.u, fused=self.fused, known=known)
+        inflow at s, already computed, ``proven``: that colour's residual known to be within
+        tolerance, not evaluated (:func:`~analog_ep.emulator.operators.residual`)."""
+        return residual(self.cc, self.ops, s, self.u, fused=self.fused, known=known, proven=proven)
 
     def converged(self, r: torch.Tensor) -> bool:
         """Whether every node's residual is within its tolerance."""
@@ -155,7 +157,7 @@ def _limit_step(step: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, rise: to
 
 
 def _slot_newton(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor,
-                 inner: int, tol: torch.Tensor, restart: bool, fused: bool) -> tuple[torch.Tensor, bool]:
+                 inner: int, tol: torch.Tensor, restart: bool, fused: bool) -> tuple[torch.Tensor, bool, bool]:
     """Up to ``inner`` safeguarded Newton steps on each node's convex 1-D problem
     min ½ D x² − f x + Σ co-content(w + κ x), from x (B, n_c), V; w (B, k, n_c) are the fixed
     parts of its diodes' voltages (V), D (S) and f (A) its conductance and inflow, ``tol`` its
@@ -164,18 +166,19 @@ def _slot_newton(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, 
     are limited by :func:`_allowed_rise`; the steps end once :func:`_step_small`. ``fused``:
     compiled (:func:`_slot_newton_steps`), the first two steps as one kernel (a warm-started
     node usually needs one step and a second to confirm it), any further ones one by one.
-    Returns x and whether the last step was small."""
-    taken, done = 0, False
+    Returns x, whether the last step was small and whether it proves the residual at x within
+    tolerance (:func:`_step_proven`)."""
+    taken, done, proven = 0, False, False
     if fused:
         first = min(2, inner)
-        x, small = _slot_newton_steps(sl, w, x, Dc, f, tol, first, restart, fused=True)
-        taken, done = first, bool(small)
+        x, flags = _slot_newton_steps(sl, w, x, Dc, f, tol, first, restart, fused=True)
+        (done, proven), taken = flags.tolist(), first
     elif restart:
         x = _knee_start(sl, w, x)
     while not done and taken < inner:
-        x, small = _slot_newton_steps(sl, w, x, Dc, f, tol, 1, False, fused=fused)
-        done, taken = bool(small), taken + 1
-    return x, done
+        x, flags = _slot_newton_steps(sl, w, x, Dc, f, tol, 1, False, fused=fused)
+        (done, proven), taken = flags.tolist(), taken + 1
+    return x, done, proven
 
 
 @fusable
@@ -183,14 +186,15 @@ def _slot_newton_steps(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Te
                        tol: torch.Tensor, steps: int, restart: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``steps`` steps of :func:`_slot_newton` (after the knee start, with ``restart``) with
     no test between them, so that compiled they are one kernel: the new x (B, n_c), V, and
-    whether the last step was small (:func:`_step_small`, a 0-d bool tensor)."""
+    (2,) bools: whether the last step was small (:func:`_step_small`) and whether it proves
+    the residual at the new x within tolerance (:func:`_step_proven`)."""
     if restart:
         x = _knee_start(sl, w, x)
-    small = torch.zeros((), dtype=torch.bool, device=x.device)
+    flags = torch.zeros(2, dtype=torch.bool, device=x.device)
     for _ in range(steps):
         x, step, hess = _slot_newton_step(sl, w, x, Dc, f)
-        small = _step_small(step, hess, tol)
-    return x, small
+        flags = torch.stack([_step_small(step, hess, tol), _step_proven(step, hess, tol, x, sl.step_cap)])
+    return x, flags
 
 
 def _knee_start(sl: Slots, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -221,6 +225,19 @@ def _step_small(step: torch.Tensor, hess: torch.Tensor, tol: torch.Tensor) -> to
     return (hess * step.abs() <= 0.1 * tol).all()
 
 
+def _step_proven(step: torch.Tensor, hess: torch.Tensor, tol: torch.Tensor, x: torch.Tensor,
+                 cap: torch.Tensor) -> torch.Tensor:
+    """Whether a node-wise Newton step (V) to x (B, n_c), V, bounds every node's KCL residual at
+    x below 0.4 of its tolerance ``tol`` (A), as a 0-d bool tensor. The step was the Newton
+    step h = −r/H (no rise limit acted: that needs |κ h| ≥ 2 N V_T), so r(x_old + h) =
+    ∫₀ʰ (r′(x_old + t) − H) dt; with the move m = |h| + ε|x| (ε: rounding of x), the diodes'
+    conductance I′ grows by at most e^(4/3) over it when |κ|·m ≤ N·V_T (I″/I′ is 1/(N V_T) on
+    the exponential branches, at most 4/(3·3 N V_T) on the reverse cubic), so
+    |r(x)| ≤ e^(4/3)·H·m ≤ 0.38·tol when H·m ≤ 0.1·tol and m ≤ ``cap`` (min N V_T/|κ|, V)."""
+    moved = step.abs() + torch.finfo(x.dtype).eps * x.abs()
+    return ((hess * moved <= 0.1 * tol) & (moved <= cap)).all()
+
+
 def _allowed_rise(vd: torch.Tensor, vcrit: torch.Tensor, nvt: torch.Tensor, proposed: torch.Tensor,
                   inv_nvt: torch.Tensor | None = None) -> torch.Tensor:
     """How far (V) a Newton step may raise each diode's voltage vd (V), given the ``proposed``
@@ -241,12 +258,13 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
     Newton steps for Shockley diodes, then the ideal clamps' clip); ``tol`` (B, n_free), A, is
     the settle's tolerance; with ``restart`` (the first sweep), Newton starts no further into
     forward bias than the knee; ``fused``: the node-by-node Newton's steps as compiled kernels.
-    Returns s, (the last colour, its inflow, A), which is still its inflow at the new s, and
+    Returns s, (the last colour, its inflow, A), which is still its inflow at the new s,
     whether the last colour's Newton steps ended small (:func:`_step_small`; True without
-    Shockley diodes)."""
+    Shockley diodes), and whether they prove its residual within tolerance (:func:`_step_proven`:
+    node-by-node Newton alone, no ideal clamp clipping after it)."""
     dio = ops.dio
     for c, colour in enumerate(ops.M.cols):
-        small = True
+        small, proven = True, False
         f = inflow(ops, s, c, colour)
         Dc = ops.D[:, colour]
         shock, clamps = dio.by_colour[c]
@@ -254,8 +272,8 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
         if (shock.d.numel() and slots is None) or clamps.d.numel():
             v = dio.voltages(s)
         if slots is not None:  # the same Newton, on the node-by-node layout
-            x, small = _slot_newton(slots, dio.fixed_slots[c], s[:, colour], Dc, f, inner, tol[:, colour], restart,
-                                    fused)
+            x, small, proven = _slot_newton(slots, dio.fixed_slots[c], s[:, colour], Dc, f, inner, tol[:, colour],
+                                            restart, fused)
         elif shock.d.numel():  # warm-started, step-limited Newton on each node's convex 1-D problem
             w = v[:, shock.d] - shock.kap * s[:, shock.root]  # the part not set by this node
             IS, nvt, vcrit = dio.IS[shock.d], dio.nvt[shock.d], dio.vcrit[shock.d]
@@ -280,9 +298,9 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
             x = f / Dc
         if clamps.d.numel():
             w = v[:, clamps.d] - clamps.kap * s[:, clamps.root]
-            x = _clip_to_clamps(x, clamps.loc, clamps.kap, w)
+            x, proven = _clip_to_clamps(x, clamps.loc, clamps.kap, w), False
         set_columns_(s, colour, x)
-    return s, (c, f), small
+    return s, (c, f), small, proven
 
 
 _BCD_HINT = "use method='auto' (a Newton finish where BCD stalls) or raise max_iters"
@@ -297,26 +315,30 @@ def _bcd_run(problem: Problem, s: torch.Tensor, max_iters: int, inner: int, chec
     earlier. The sweeps and checks are the same with or without it. The first sweep is not
     checked where its last colour's Newton steps did not end small (it started from the first
     guess and ran out of steps: its residual is above tolerance but for a fluke, and the next
-    check decides; a check costs about a sweep of the largest colour)."""
+    check decides; a check costs about a sweep of the largest colour). A check does not
+    evaluate the last colour's residual where its last Newton step proves it within tolerance
+    (:func:`_step_proven`); the outcome then carries no residual (the settle works it out if
+    asked)."""
     it, r, s = 0, None, s.clone()  # the sweeps update it in place
+    whole = True  # whether r is the whole residual (not where a colour was proven)
     history: deque[tuple[int, float]] = deque()  # (sweep, ratio) of the checks
     while it < max_iters:
-        s, last, small = _bcd_sweep(problem.cc, problem.ops, s, inner, problem.tol, restart=it == 0,
-                                    fused=problem.fused)
+        s, last, small, proven = _bcd_sweep(problem.cc, problem.ops, s, inner, problem.tol, restart=it == 0,
+                                            fused=problem.fused)
         it += 1
         if (it % check_every == 0 and (small or it > 1)) or it == max_iters:
-            r = problem.residual(s, known=last)
+            r, whole = problem.residual(s, known=last, proven=proven), not proven
             if problem.converged(r):
-                return Outcome(s, r, True, it), False
+                return Outcome(s, r if whole else None, True, it), False
             if stall is not None:
                 window, drop = stall
                 ratio = float((r.abs() / problem.tol).max())
                 while len(history) > 1 and history[1][0] <= it - window:
                     history.popleft()
                 if history and history[0][0] <= it - window and ratio * drop > history[0][1]:
-                    return Outcome(s, r, False, it), True
+                    return Outcome(s, r if whole else None, False, it), True
                 history.append((it, ratio))
-    return Outcome(s, r, False, it, hint=_BCD_HINT), False
+    return Outcome(s, r if whole else None, False, it, hint=_BCD_HINT), False
 
 
 @register("bcd", inner=4, check_every=1)
