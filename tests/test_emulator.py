@@ -334,7 +334,8 @@ def test_node_by_node_diode_layout_matches_the_indexed_newton():
 def test_fixed_diode_terminals_give_the_summed_voltages(n_cols):
     """The fixed part of each diode's voltage is Σ κ·ext_u[:, column] over its terminals on
     fixed nodes (a diode may have two), plus its offset, in both layouts: per diode and node
-    by node (the slots' gather of it), to float64 rounding."""
+    by node (the slots' gather of it, or a view where the slots hold a range of diodes), to
+    float64 rounding."""
     from analog_ep.emulator.operators import FixedTerminals
 
     g = torch.Generator().manual_seed(4)
@@ -352,12 +353,16 @@ def test_fixed_diode_terminals_give_the_summed_voltages(n_cols):
     class Layout:  # what FixedTerminals reads of a colour's Slots: its (k, n_c) diode table
         d = torch.randint(0, n_d, (2, 6), generator=g)
 
-    fixed = FixedTerminals(d, idx, kap, n_d).with_slots([None, Layout])
+    class Range:  # a layer's clamps numbered in turn: its layout is a view of the diodes' voltages
+        d = torch.arange(10, 22).view(2, 6)
+
+    fixed = FixedTerminals(d, idx, kap, n_d).with_slots([None, Layout, Range])
     assert (fixed.P is not None) == (n_cols <= 32)
-    v, laid = fixed.voltages(ext_u, [None, Layout], offset)
+    v, laid = fixed.voltages(ext_u, [None, Layout, Range], offset)
     torch.testing.assert_close(v, expect, rtol=1e-14, atol=1e-14)
     assert laid[0] is None
     torch.testing.assert_close(laid[1], expect[:, Layout.d], rtol=1e-14, atol=1e-14)
+    assert torch.equal(laid[2], v[:, Range.d]) and laid[2].data_ptr() == v[:, 10].data_ptr()
 
 
 def test_layer_couplings_through_one_amplifier_pair_are_one_matrix():

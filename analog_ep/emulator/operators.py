@@ -311,7 +311,8 @@ class FixedTerminals:
     share two rails), the part of every diode's voltage they fix is one small product
     ext_u[:, cols] @ P, and its node-by-node layout another (``P_slots``), instead of
     gathering and scattering a batch of every diode (the same sums: each diode has its terms
-    in one column of P)."""
+    in one column of P). A colour whose slots hold a contiguous range of diodes (a layer's
+    clamps, numbered in turn) reads its layout as a view of the diodes' voltages."""
 
     d: torch.Tensor  # (m,) diode of each fixed terminal
     idx: torch.Tensor  # (m,) its column of [u | 0]
@@ -320,6 +321,7 @@ class FixedTerminals:
     cols: torch.Tensor | None = None  # the distinct columns read (None: too many, gathered instead)
     P: torch.Tensor | None = None  # (n_cols, n_d)
     P_slots: list[torch.Tensor | None] = dataclasses.field(default_factory=list)  # per colour: (n_cols, k·n_c)
+    slot_cols: list[Columns | None] = dataclasses.field(default_factory=list)  # per colour: its slots' diodes
 
     def __post_init__(self) -> None:
         cols, pos = torch.unique(self.idx, return_inverse=True)
@@ -329,8 +331,10 @@ class FixedTerminals:
 
     def with_slots(self, slots: list["Slots | None"]) -> "FixedTerminals":
         """These terminals with the node-by-node projections of each colour's ``slots``."""
+        self.slot_cols = [None if sl is None else columns(sl.d.flatten()) for sl in slots]
         if self.P is not None:
-            self.P_slots = [None if sl is None else self.P[:, sl.d.flatten()] for sl in slots]
+            self.P_slots = [None if sl is None or isinstance(c, slice) else self.P[:, c]
+                            for sl, c in zip(slots, self.slot_cols)]
         return self
 
     def voltages(self, ext_u: torch.Tensor, slots: list["Slots | None"],
@@ -342,17 +346,20 @@ class FixedTerminals:
         if self.P is None:
             v = ext_u.new_zeros(B, self.n_d).index_add_(1, self.d, ext_u.index_select(1, self.idx).mul_(self.kap))
             v = v if offset is None else v + offset
-            laid = [None if sl is None else v.index_select(1, sl.d.flatten()).view(B, *sl.d.shape) for sl in slots]
-            return v, laid
-        x = ext_u.index_select(1, self.cols)
-        v = x @ self.P if offset is None else torch.addmm(offset, x, self.P)
+        else:
+            x = ext_u.index_select(1, self.cols)
+            v = x @ self.P if offset is None else torch.addmm(offset, x, self.P)
         laid = []
-        for sl, P in zip(slots, self.P_slots):
+        for sl, cols, P in zip(slots, self.slot_cols, self.P_slots or [None] * len(slots)):
             if sl is None:
-                laid.append(None)
-                continue
-            w = x @ P if offset is None else torch.addmm(offset[sl.d.flatten()], x, P)
-            laid.append(w.view(B, *sl.d.shape))
+                w = None
+            elif isinstance(cols, slice):  # a view of v
+                w = v[:, cols]
+            elif P is not None:
+                w = x @ P if offset is None else torch.addmm(offset[cols], x, P)
+            else:
+                w = v.index_select(1, cols)
+            laid.append(None if w is None else w.view(B, *sl.d.shape))
         return v, laid
 
 
