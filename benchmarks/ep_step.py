@@ -10,9 +10,12 @@ xl 2x784-30000-10. Inputs are MNIST training images when the dataset is cached, 
 random pixels (the JSON says which). Each step is a real Trainer.step, so conductances change
 and the parameter-only operators are rebuilt every step, as in training. Timing: median of
 --repeats steps after two warm-up steps. FLOPs: 2·m·k·n of the dense matrix products of one step
-(the dominant work; sparse products left out); "peak" is the rate of one large matmul measured in the same run
-on the same device and dtype (the achievable dense rate), so the ratio is the fraction of it
-the step reaches. TF32 (CUDA only) is float32 storage with TF32 matmuls.
+(the dominant work; sparse products left out); "peak" is the rate of one large (4096²) matmul
+on the same device and dtype (the achievable dense rate): the median of five products timed
+just before the steps and five just after, so that a drift of the shared machine's speed
+(tens of per cent within a minute) weighs on the peak as it does on the steps (a product
+between steps would flush the caches the steps run from); the fraction of peak is the step's
+rate over it. TF32 (CUDA only) is float32 storage with TF32 matmuls.
 """
 from __future__ import annotations
 
@@ -46,19 +49,28 @@ def inputs(n: int):
         return torch.rand(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g), "random"
 
 
+class MatmulRate:
+    """The FLOP/s of a large square matmul (n × n), timed on demand: the achievable dense rate."""
+
+    def __init__(self, device: str, dtype: torch.dtype, n: int = 4096):
+        self.device, self.n = device, n
+        self.a = torch.randn(n, n, device=device, dtype=dtype)
+        self.b = torch.randn(n, n, device=device, dtype=dtype)
+        self.a @ self.b  # warm-up
+
+    def measure(self) -> float:
+        """One product's rate, FLOP/s."""
+        sync(self.device)
+        t0 = time.perf_counter()
+        self.a @ self.b
+        sync(self.device)
+        return 2 * self.n ** 3 / (time.perf_counter() - t0)
+
+
 def matmul_peak(device: str, dtype: torch.dtype, n: int = 4096) -> float:
     """FLOP/s of one large square matmul (median of 5): the achievable dense rate."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(5):
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times)
+    rate = MatmulRate(device, dtype, n)
+    return statistics.median(rate.measure() for _ in range(5))
 
 
 class DenseMatmulFlops(TorchDispatchMode):
@@ -114,6 +126,8 @@ def bench(name: str, device: str, dtype: str, batch: int, repeats: int, data, ea
     batches = [(xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch]) for i in range(repeats + 2)]
     for x, y in batches[:2]:
         tr.step(x, y)
+    rate = MatmulRate(device, torch.float64 if dtype == "float64" else torch.float32)
+    peaks = [rate.measure() for _ in range(5)]
     times, sweeps = [], []
     for x, y in batches[2:]:
         sync(device)
@@ -122,15 +136,14 @@ def bench(name: str, device: str, dtype: str, batch: int, repeats: int, data, ea
         sync(device)
         times.append(time.perf_counter() - t0)
         sweeps.append(it)
-    sec = statistics.median(times)
+    peaks += [rate.measure() for _ in range(5)]
+    sec, peak = statistics.median(times), statistics.median(peaks)
     flops = step_flops(tr, *batches[0])
-    torch_dtype = torch.float64 if dtype == "float64" else torch.float32
-    peak = matmul_peak(device, torch_dtype)
     row = dict(circuit=name, layers=CIRCUITS[name], device=device, dtype=dtype, batch=batch, inputs=source,
                fused=cfg.train.fused,
                step_seconds=sec, step_seconds_all=times, per_sample_seconds=sec / batch,
                free_sweeps=float(np.mean(sweeps)), matmul_flops=flops, achieved_flops_per_s=flops / sec,
-               matmul_peak_flops_per_s=peak, fraction_of_peak=flops / sec / peak)
+               matmul_peak_flops_per_s=peak, matmul_peak_flops_per_s_all=peaks, fraction_of_peak=flops / sec / peak)
     if device.startswith("cuda"):
         row["max_memory_bytes"] = torch.cuda.max_memory_allocated()
     else:
