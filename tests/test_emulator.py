@@ -399,6 +399,17 @@ def test_layer_couplings_through_one_amplifier_pair_are_one_matrix():
                                    atol=1e-300)
     W = M.dense[0][2]
     assert [t.is_contiguous() for t in M._dense_t] == [True] and torch.equal(M._dense_t[0], W.T)
+    with torch.no_grad():  # a training update: the operators are rebuilt, their layout (structure) is not
+        cc.params["g:w2p"].mul_(2.0)
+    M2 = static_operators(cc).M
+    assert M2 is not M and M2.layout is M.layout
+    blk = next(b for b in cc.blocks if b.name == "g:w2p")
+    ra, rb = cc.root[blk.a], cc.root[blk.b]
+    W = 0.5 * cc.params["g:w2p"] * gain[blk.a][:, None] * gain[blk.b][None, :]  # what the doubling added
+    added = torch.zeros_like(s)
+    added[:, ra] += s[:, rb] @ W.T
+    added[:, rb] += s[:, ra] @ W
+    torch.testing.assert_close(M2 @ s, expect + added, rtol=1e-13, atol=0)
 
 
 def test_a_first_sweep_that_runs_out_of_newton_steps_is_not_checked(monkeypatch):
@@ -465,6 +476,47 @@ def test_a_colour_whose_last_newton_step_proves_its_residual_is_not_evaluated(mo
     for res, ops in ((free, assemble(cc, u)), (nudged, assemble(cc, u, 1e-4, target))):
         assert res.rel_residual <= rtol
         assert res.residual == float(full_residual(cc, ops, res.s, u).abs().max())
+
+
+def test_newton_steps_until_the_first_small_one_are_stepping_one_by_one(monkeypatch):
+    """A small colour's fused Newton runs all its steps in one kernel call, keeping what the
+    steps up to the first small one give: x and the flags are bit for bit those of stepping one
+    by one and stopping there (run eagerly here: the same function the kernel compiles), and a
+    fused settle makes one such call per sweep for the output layer."""
+    import analog_ep.emulator.solvers as solvers
+    from analog_ep.emulator.operators import assemble, inflow
+
+    c = layered("12,9,4", seed=1, g_init=(1e-6, 1e-4), amplifier_gain=4.0, diode=DiodeModel(2.52e-9, 1.752),
+                clamp=(0.0, 1.0))
+    cc = compile_circuit(c, dtype=torch.float32)
+    u = cc.inputs_to_sources(torch.rand(8, 12, generator=torch.Generator().manual_seed(5)) * 16)
+    ops = assemble(cc, u)
+    s = ops.f_fixed / ops.D  # the linear first guess: several steps to go
+    tol = ops.D * 1e-5 * u.abs().amax(1, keepdim=True)
+    steps, takens = solvers._slot_newton_steps.eager, []
+    for c_, cols in enumerate(ops.M.cols):
+        sl, w = ops.dio.slots[c_], ops.dio.fixed_slots[c_]
+        f, Dc, x0 = inflow(ops, s, c_, cols), ops.D[:, cols], s[:, cols]
+        x, flags = steps(sl, w, x0, Dc, f, tol[:, cols], 6, True, True)
+        y = solvers._knee_start(sl, w, x0)
+        for taken in range(1, 7):
+            y, one = steps(sl, w, y, Dc, f, tol[:, cols], 1, False, False)
+            if bool(one[0]):
+                break
+        assert torch.equal(x, y) and torch.equal(flags, one), (c_, taken)
+        takens.append(taken)
+    assert max(takens) >= 3 and min(takens) < 6, takens  # stopped early, after several steps
+    calls = []
+    kernel = solvers._slot_newton_steps
+
+    def counted(*args, fused=False):
+        calls.append((args[2].shape[1], args[6], args[8]))
+        return kernel(*args, fused=fused)
+
+    monkeypatch.setattr(solvers, "_slot_newton_steps", counted)
+    res = settle(cc, u, fused=True)
+    if kernel.broken is None:
+        assert [k for k in calls if k[0] == 4] == [(4, 4, True)] * res.iterations  # output layer: one call a sweep
 
 
 def test_node_voltages_read_a_layer_from_its_side_and_remember_where():

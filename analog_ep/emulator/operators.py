@@ -209,6 +209,34 @@ def _transposed(W: torch.Tensor) -> torch.Tensor:
     return W.T.contiguous() if min(W.shape) <= _THIN else W.T
 
 
+@dataclass(frozen=True)
+class CouplingLayout:
+    """Where the parts of M sit: structure only, the same at every rebuild of a circuit's
+    operators (working it out takes several syncs), so kept with the circuit's caches."""
+
+    cols: list[Columns]  # per colour: its roots
+    dense_cols: list[tuple[Columns, Columns]]  # per dense block: its row and column roots
+    terms: list[list[tuple[Columns, Columns, int, bool]]]  # per colour: (positions receiving, roots sending,
+    # dense block, whether it sends through its transpose) of each dense block feeding the colour
+
+
+def coupling_layout(positions: list[torch.Tensor],
+                    dense: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> CouplingLayout:
+    """The :class:`CouplingLayout` of dense blocks (row roots, column roots, W) among colours
+    with the given ``positions``."""
+    terms = []
+    for pos in positions:
+        feeding = []
+        for i, (ra, rb, _) in enumerate(dense):
+            if int(pos[ra[0]]) >= 0:
+                feeding.append((columns(pos[ra]), columns(rb), i, False))
+            elif int(pos[rb[0]]) >= 0:
+                feeding.append((columns(pos[rb]), columns(ra), i, True))
+        terms.append(feeding)
+    return CouplingLayout([columns(torch.nonzero(pos >= 0).flatten()) for pos in positions],
+                          [(columns(ra), columns(rb)) for ra, rb, _ in dense], terms)
+
+
 @dataclass
 class Coupling:
     """M: the positive couplings (S) between free roots, M s being the current (A) each root
@@ -218,32 +246,24 @@ class Coupling:
     csr: torch.Tensor  # sparse CSR (n_free, n_free)
     csr_rows: list[torch.Tensor]  # per colour: its CSR rows
     dense: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (row roots, column roots, W)
-    positions: list[torch.Tensor]  # per colour: position of each root within it (−1: other colours)
+    layout: CouplingLayout
     cols: list[Columns] = dataclasses.field(init=False)  # per colour: its roots
-    _dense_cols: list[tuple[Columns, Columns]] = dataclasses.field(init=False)
     _dense_t: list[torch.Tensor] = dataclasses.field(init=False)  # each dense W as _transposed(W)
     _terms: list[list[tuple[Columns, Columns, torch.Tensor]]] = dataclasses.field(init=False)
     _sparse: bool = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self.cols = [columns(torch.nonzero(pos >= 0).flatten()) for pos in self.positions]
-        self._dense_cols = [(columns(ra), columns(rb)) for ra, rb, _ in self.dense]
+        self.cols = self.layout.cols
         self._dense_t = [_transposed(W) for _, _, W in self.dense]
         self._sparse = self.csr._nnz() > 0
-        self._terms = []  # per colour: (its positions receiving, roots sending, matrix Wt) of each dense block
-        for pos in self.positions:
-            terms = []
-            for (ra, rb, W), Wt in zip(self.dense, self._dense_t):
-                if int(pos[ra[0]]) >= 0:
-                    terms.append((columns(pos[ra]), columns(rb), W))
-                elif int(pos[rb[0]]) >= 0:
-                    terms.append((columns(pos[rb]), columns(ra), Wt))
-            self._terms.append(terms)
+        # per colour: (its positions receiving, roots sending, matrix Wt) of each dense block
+        self._terms = [[(into, src, self._dense_t[i] if t else self.dense[i][2]) for into, src, i, t in feeding]
+                       for feeding in self.layout.terms]
 
     def __matmul__(self, s: torch.Tensor) -> torch.Tensor:
         """M s (A) for a batch s (B, n_free) of voltages (V)."""
         out = (self.csr @ s.T).T if self._sparse else torch.zeros_like(s)
-        for (_, _, W), Wt, (ca, cb) in zip(self.dense, self._dense_t, self._dense_cols):
+        for (_, _, W), Wt, (ca, cb) in zip(self.dense, self._dense_t, self.layout.dense_cols):
             add_columns_(out, ca, _times(s[:, cb], W))
             add_columns_(out, cb, _times(s[:, ca], Wt))
         return out
@@ -469,7 +489,9 @@ def static_operators(cc: Compiled) -> StaticOperators:
     for colour, pos in zip(cc.colours, positions):
         keep = pos[rows] >= 0
         M_rows.append(_csr(pos[rows[keep]], cols[keep], vals[keep], (colour.numel(), nf)))
-    M = Coupling(_csr(rows, cols, vals, (nf, nf)), M_rows, dense, positions)
+    if "coupling_layout" not in cc.cache:
+        cc.cache["coupling_layout"] = coupling_layout(positions, dense)
+    M = Coupling(_csr(rows, cols, vals, (nf, nf)), M_rows, dense, cc.cache["coupling_layout"])
 
     def ff():
         """Free-free elements one by one (dense layer blocks expanded only here)."""

@@ -158,6 +158,9 @@ def _limit_step(step: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, rise: to
     return torch.minimum(torch.maximum(step, lo), hi)
 
 
+_ALL_AT_ONCE = 4096  # a fused Newton on at most this many nodes (B·n_c) runs all its steps in one kernel call
+
+
 def _slot_newton(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor,
                  inner: int, tol: torch.Tensor, restart: bool, fused: bool) -> tuple[torch.Tensor, bool, bool]:
     """Up to ``inner`` safeguarded Newton steps on each node's convex 1-D problem
@@ -167,35 +170,45 @@ def _slot_newton(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, 
     guess, far into forward bias), a start beyond a diode's knee restarts at the knee; rises
     are limited by :func:`_allowed_rise`; the steps end once :func:`_step_small`. ``fused``:
     compiled (:func:`_slot_newton_steps`), the first two steps as one kernel (a warm-started
-    node usually needs one step and a second to confirm it), any further ones one by one.
-    Returns x, whether the last step was small and whether it proves the residual at x within
-    tolerance (:func:`_step_proven`)."""
+    node usually needs one step and a second to confirm it), any further ones one by one; a
+    colour of at most ``_ALL_AT_ONCE`` nodes over the batch (an output layer), where a kernel
+    call costs more than its steps, runs all ``inner`` of them in one call that keeps what the
+    steps up to the first small one give (the same result as stepping one by one). Returns x,
+    whether the last step was small and whether it proves the residual at x within tolerance
+    (:func:`_step_proven`)."""
     taken, done, proven = 0, False, False
     if fused:
-        first = min(2, inner)
-        x, flags = _slot_newton_steps(sl, w, x, Dc, f, tol, first, restart, fused=True)
+        at_once = x.numel() <= _ALL_AT_ONCE
+        first = inner if at_once else min(2, inner)
+        x, flags = _slot_newton_steps(sl, w, x, Dc, f, tol, first, restart, at_once, fused=True)
         (done, proven), taken = flags.tolist(), first
     elif restart:
         x = _knee_start(sl, w, x)
     while not done and taken < inner:
-        x, flags = _slot_newton_steps(sl, w, x, Dc, f, tol, 1, False, fused=fused)
+        x, flags = _slot_newton_steps(sl, w, x, Dc, f, tol, 1, False, False, fused=fused)
         (done, proven), taken = flags.tolist(), taken + 1
     return x, done, proven
 
 
 @fusable
 def _slot_newton_steps(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor,
-                       tol: torch.Tensor, steps: int, restart: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       tol: torch.Tensor, steps: int, restart: bool,
+                       until_small: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``steps`` steps of :func:`_slot_newton` (after the knee start, with ``restart``) with
     no test between them, so that compiled they are one kernel: the new x (B, n_c), V, and
     (2,) bools: whether the last step was small (:func:`_step_small`) and whether it proves
-    the residual at the new x within tolerance (:func:`_step_proven`)."""
+    the residual at the new x within tolerance (:func:`_step_proven`). With ``until_small``,
+    the steps after the first small one are not kept: x and the flags are those of that step."""
     if restart:
         x = _knee_start(sl, w, x)
-    flags = torch.zeros(2, dtype=torch.bool, device=x.device)
+    flags = done = torch.zeros(2, dtype=torch.bool, device=x.device)
     for _ in range(steps):
-        x, step, hess = _slot_newton_step(sl, w, x, Dc, f)
-        flags = torch.stack([_step_small(step, hess, tol), _step_proven(step, hess, tol, x, sl.step_cap)])
+        moved, step, hess = _slot_newton_step(sl, w, x, Dc, f)
+        now = torch.stack([_step_small(step, hess, tol), _step_proven(step, hess, tol, moved, sl.step_cap)])
+        if until_small:
+            x, flags, done = torch.where(done[0], x, moved), torch.where(done[0], flags, now), done | now[0]
+        else:
+            x, flags = moved, now
     return x, flags
 
 
