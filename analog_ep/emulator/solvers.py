@@ -243,12 +243,13 @@ def _step_small(step: torch.Tensor, hess: torch.Tensor, tol: torch.Tensor) -> to
 def _step_proven(step: torch.Tensor, hess: torch.Tensor, tol: torch.Tensor, x: torch.Tensor,
                  cap: torch.Tensor) -> torch.Tensor:
     """Whether a node-wise Newton step (V) to x (B, n_c), V, bounds every node's KCL residual at
-    x below 0.4 of its tolerance ``tol`` (A), as a 0-d bool tensor. The step was the Newton
-    step h = −r/H (no rise limit acted: that needs |κ h| ≥ 2 N V_T), so r(x_old + h) =
-    ∫₀ʰ (r′(x_old + t) − H) dt; with the move m = |h| + ε|x| (ε: rounding of x), the diodes'
-    conductance I′ grows by at most e^(4/3) over it when |κ|·m ≤ N·V_T (I″/I′ is 1/(N V_T) on
-    the exponential branches, at most 4/(3·3 N V_T) on the reverse cubic), so
-    |r(x)| ≤ e^(4/3)·H·m ≤ 0.38·tol when H·m ≤ 0.1·tol and m ≤ ``cap`` (min N V_T/|κ|, V)."""
+    x below 0.38 of its tolerance ``tol`` (A), as a 0-d bool tensor. The step was the Newton
+    step h = −r/H (no rise limit acted: that needs |κ h| ≥ 2 N V_T), and x = x_old + h + δ
+    with δ the rounding of x (|δ| ≤ ε|x|), so r(x) = H δ + ∫ (r′ − H) over the move, whose
+    length is at most m = |h| + ε|x|. Over it each diode's conductance I′ grows by at most
+    e^(4/3) when |κ|·m ≤ N V_T (I″/I′ is 1/(N V_T) on the exponential branches and 4/|v| ≤
+    4/(3 N V_T) on the reverse cubic), so |r(x)| ≤ e^(4/3)·H·m ≤ 0.38·tol when H·m ≤ 0.1·tol
+    and m ≤ ``cap`` (per node, min over its diodes of N V_T/|κ|, V)."""
     moved = step.abs() + torch.finfo(x.dtype).eps * x.abs()
     return ((hess * moved <= 0.1 * tol) & (moved <= cap)).all()
 
