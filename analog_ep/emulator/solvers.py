@@ -201,12 +201,13 @@ def _slot_newton_steps(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Te
     the steps after the first small one are not kept: x and the flags are those of that step."""
     if restart:
         x = _knee_start(sl, w, x)
-    flags = done = torch.zeros(2, dtype=torch.bool, device=x.device)
+    flags = torch.zeros(2, dtype=torch.bool, device=x.device)
+    done = flags[0]  # with until_small: whether a step has been small
     for _ in range(steps):
         moved, step, hess = _slot_newton_step(sl, w, x, Dc, f)
         now = torch.stack([_step_small(step, hess, tol), _step_proven(step, hess, tol, moved, sl.step_cap)])
         if until_small:
-            x, flags, done = torch.where(done[0], x, moved), torch.where(done[0], flags, now), done | now[0]
+            x, flags, done = torch.where(done, x, moved), torch.where(done, flags, now), done | now[0]
         else:
             x, flags = moved, now
     return x, flags
@@ -268,7 +269,7 @@ def _allowed_rise(vd: torch.Tensor, vcrit: torch.Tensor, nvt: torch.Tensor, prop
 
 
 def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: torch.Tensor,
-               restart: bool, fused: bool = False) -> tuple[torch.Tensor, tuple[int, torch.Tensor], bool]:
+               restart: bool, fused: bool = False) -> tuple[torch.Tensor, tuple[int, torch.Tensor], bool, bool]:
     """One sweep over the colours, updating s (B, n_free), V, in place: each colour's nodes set
     to their exact optimum given the others (weighted mean, then up to ``inner`` safeguarded
     Newton steps for Shockley diodes, then the ideal clamps' clip); ``tol`` (B, n_free), A, is
