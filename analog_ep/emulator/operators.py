@@ -247,18 +247,21 @@ class Coupling:
     csr_rows: list[torch.Tensor]  # per colour: its CSR rows
     dense: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (row roots, column roots, W)
     layout: CouplingLayout
-    cols: list[Columns] = dataclasses.field(init=False)  # per colour: its roots
     _dense_t: list[torch.Tensor] = dataclasses.field(init=False)  # each dense W as _transposed(W)
     _terms: list[list[tuple[Columns, Columns, torch.Tensor]]] = dataclasses.field(init=False)
     _sparse: bool = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self.cols = self.layout.cols
         self._dense_t = [_transposed(W) for _, _, W in self.dense]
         self._sparse = self.csr._nnz() > 0
         # per colour: (its positions receiving, roots sending, matrix Wt) of each dense block
         self._terms = [[(into, src, self._dense_t[i] if t else self.dense[i][2]) for into, src, i, t in feeding]
                        for feeding in self.layout.terms]
+
+    @property
+    def cols(self) -> list[Columns]:
+        """Per colour: its roots."""
+        return self.layout.cols
 
     def __matmul__(self, s: torch.Tensor) -> torch.Tensor:
         """M s (A) for a batch s (B, n_free) of voltages (V)."""
@@ -340,7 +343,7 @@ class FixedTerminals:
     n_d: int  # diodes
     cols: torch.Tensor | None = None  # the distinct columns read (None: too many, gathered instead)
     P: torch.Tensor | None = None  # (n_cols, n_d)
-    P_slots: list[torch.Tensor | None] = dataclasses.field(default_factory=list)  # per colour: (n_cols, k·n_c)
+    P_slots: list[torch.Tensor | None] = dataclasses.field(default_factory=list)  # per colour: (n_cols, k·n_c); None: a view or gather
     slot_cols: list[Columns | None] = dataclasses.field(default_factory=list)  # per colour: its slots' diodes
 
     def __post_init__(self) -> None:
@@ -352,9 +355,8 @@ class FixedTerminals:
     def with_slots(self, slots: list["Slots | None"]) -> "FixedTerminals":
         """These terminals with the node-by-node projections of each colour's ``slots``."""
         self.slot_cols = [None if sl is None else columns(sl.d.flatten()) for sl in slots]
-        if self.P is not None:
-            self.P_slots = [None if sl is None or isinstance(c, slice) else self.P[:, c]
-                            for sl, c in zip(slots, self.slot_cols)]
+        self.P_slots = [None if self.P is None or c is None or isinstance(c, slice) else self.P[:, c]
+                        for c in self.slot_cols]
         return self
 
     def voltages(self, ext_u: torch.Tensor, slots: list["Slots | None"],
@@ -370,7 +372,7 @@ class FixedTerminals:
             x = ext_u.index_select(1, self.cols)
             v = x @ self.P if offset is None else torch.addmm(offset, x, self.P)
         laid = []
-        for sl, cols, P in zip(slots, self.slot_cols, self.P_slots or [None] * len(slots)):
+        for sl, cols, P in zip(slots, self.slot_cols, self.P_slots):
             if sl is None:
                 w = None
             elif isinstance(cols, slice):  # a view of v
