@@ -174,3 +174,24 @@ def test_ep_step_measures_the_matmul_rate_before_and_after_the_steps(benchmarks_
     assert len(row["step_seconds_all"]) == 3 and len(peaks) == 10
     assert row["matmul_peak_flops_per_s"] == statistics.median(peaks)
     assert row["fraction_of_peak"] == row["matmul_flops"] / row["step_seconds"] / statistics.median(peaks)
+
+
+def test_epoch_benchmark_writes_every_epoch_and_the_step_time(tmp_path, benchmarks_on_path, monkeypatch, capsys):
+    """benchmarks/epoch.py trains --epochs epochs of a config and writes each epoch's record, the
+    validation pass and the steps it divided by (no wall-clock value is asserted)."""
+    import json
+
+    config = tmp_path / "tiny.toml"
+    config.write_text('name = "tiny"\n[data]\ndataset = "digits"\nbatch_size = 32\n[circuit]\nlayers = "64,16,10"\n'
+                      '[train]\nepochs = 5\nlr = [2e-6]\nbeta = 2e-5\ntarget = [0.0, 0.2]\n')
+    out = tmp_path / "epoch.json"
+    monkeypatch.setattr(sys, "argv", ["epoch.py", "--config", str(config), "--epochs", "2", "--train-subset", "70",
+                                      "--out", str(out)])
+    runpy.run_path(str(BENCHMARKS / "epoch.py"), run_name="__main__")
+    result = json.loads(out.read_text())
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2]
+    assert result["train_images"] == 70 and result["steps_per_epoch"] == 3 and result["batch"] == 32
+    assert result["device"] == "cpu" and result["validation_images"] > 0
+    assert result["step_seconds_last_epoch"] == pytest.approx(
+        (result["epochs"][-1]["seconds"] - result["validation_seconds"]) / 3)
+    assert "epoch 2:" in capsys.readouterr().out
