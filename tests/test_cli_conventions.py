@@ -1,6 +1,7 @@
 """Command-line conventions: --version, '-o -' for standard output, commands grouped by use,
 --json on the last line, --torch-device (and its deprecated alias --device)."""
 import json
+import sys
 import tomllib
 
 import pytest
@@ -40,9 +41,23 @@ def test_export_to_stdout_is_the_file_deck(tmp_path):
 
 
 def test_export_pyspice_to_stdout_parses():
+    pytest.importorskip("PySpice")
     res = runner.invoke(app, ["export", "--layers", "3,2", "--pyspice", "-o", "-"])
     assert res.exit_code == 0, res.output
     assert len(parse_deck(res.stdout).free_nodes()) == 2
+
+
+def test_export_pyspice_without_pyspice_says_so_in_one_line(monkeypatch):
+    """Where PySpice is missing (the GPU image has none), --pyspice fails with the install hint and
+    exit status 2, not a traceback; the plain-text export still works."""
+    monkeypatch.setitem(sys.modules, "PySpice", None)  # makes `import PySpice...` raise ImportError
+    monkeypatch.setitem(sys.modules, "PySpice.Spice", None)
+    monkeypatch.setitem(sys.modules, "PySpice.Spice.Netlist", None)
+    res = runner.invoke(app, ["export", "--layers", "3,2", "--pyspice", "-o", "-"])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
+    assert "PySpice is not installed: pip install PySpice" in res.stderr
+    assert "Traceback" not in res.output
+    assert runner.invoke(app, ["export", "--layers", "3,2", "-o", "-"]).exit_code == 0
 
 
 def test_help_groups_every_command_by_use():

@@ -30,12 +30,20 @@ _PYSPICE_LOGGER = "PySpice.Spice.NgSpice.Shared.NgSpiceShared"
 _LOCK = threading.Lock()  # one ngspice shared library per process: one run at a time
 
 
+class PySpiceMissing(SpiceError, ImportError):
+    """PySpice is not installed. A SpiceError, so that the command line reports it in one line,
+    and an ImportError, as a missing package is."""
+
+    def __init__(self) -> None:
+        super().__init__("PySpice is not installed: pip install PySpice (or run 'make setup')")
+
+
 def to_pyspice(circuit: Circuit):
     """The same circuit as a ``PySpice.Spice.Netlist.Circuit`` (SI values, same names)."""
     try:
         from PySpice.Spice.Netlist import Circuit as PyCircuit
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("PySpice is not installed: pip install PySpice") from e
+        raise PySpiceMissing() from e
 
     c, nodes = circuit, circuit.nodes
     pc = PyCircuit(c.title)
@@ -99,7 +107,7 @@ def _ngspice_shared():
     try:
         from PySpice.Spice.NgSpice.Shared import NgSpiceShared
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("PySpice is not installed: pip install PySpice") from e
+        raise PySpiceMissing() from e
     try:
         return NgSpiceShared.new_instance()
     except OSError as e:  # the shared library is missing
