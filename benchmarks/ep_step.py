@@ -32,6 +32,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from analog_ep.train import Config, Trainer
+from analog_ep.train.files import atomic_write
 from torch_devices import add_devices_option, parse_devices, sync
 
 CIRCUITS = {"xs": "784,100,10", "1h": "784,1024,10", "2h": "784,1024,1024,10", "xl": "784,30000,10"}
@@ -178,16 +179,16 @@ def main() -> None:
                           f"({row['per_sample_seconds'] * 1e6:9.1f} us/sample), {row['free_sweeps']:.1f} free sweeps, "
                           f"{row['achieved_flops_per_s'] / 1e9:8.2f} GFLOP/s = {100 * row['fraction_of_peak']:.1f} % "
                           f"of a large matmul ({row['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s)", flush=True)
-    write_results(args.out, steps=rows)
+                    write_results(args.out, steps=rows)  # after every row: a run stopped early keeps what it measured
 
 
 def write_results(path: str, **fields) -> None:
-    """Write ``fields`` as JSON to ``path``, with the machine, GPU, torch version and threads."""
+    """Write ``fields`` as JSON to ``path`` (atomically: a reader never sees half a file), with the
+    machine, GPU, torch version and threads."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     out = dict(machine=platform.processor() or platform.machine(), gpu=gpu, torch=torch.__version__,
                threads=torch.get_num_threads(), **fields)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(out, indent=1))
+    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(out, indent=1)))
     print(f"wrote {path}")
 
 

@@ -96,6 +96,12 @@ class EquilibriumProp:
 }
 
 
+def script_globals(name: str) -> dict:
+    """The globals a benchmark script's functions read, so that a test can replace one of them
+    (runpy.run_path returns a copy of them, which the functions never see)."""
+    return runpy.run_path(str(BENCHMARKS / name))["main"].__globals__
+
+
 @pytest.fixture
 def benchmarks_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -164,7 +170,7 @@ def test_ep_step_measures_the_matmul_rate_before_and_after_the_steps(benchmarks_
     asserted here)."""
     import statistics
 
-    ep_step = runpy.run_path(str(BENCHMARKS / "ep_step.py"))  # its functions read this dict as globals
+    ep_step = script_globals("ep_step.py")
     small = ep_step["MatmulRate"]
     ep_step["MatmulRate"] = lambda device, dtype: small(device, dtype, n=64)
     g = torch.Generator().manual_seed(0)
@@ -195,3 +201,28 @@ def test_epoch_benchmark_writes_every_epoch_and_the_step_time(tmp_path, benchmar
     assert result["step_seconds_last_epoch"] == pytest.approx(
         (result["epochs"][-1]["seconds"] - result["validation_seconds"]) / 3)
     assert "epoch 2:" in capsys.readouterr().out
+
+
+def test_ep_step_keeps_the_rows_measured_before_a_failure(tmp_path, benchmarks_on_path, monkeypatch):
+    """ep_step.py writes its JSON after every row, so a run stopped part-way (a timeout on a lent
+    GPU, an error) keeps what it measured."""
+    import json
+
+    ep_step = script_globals("ep_step.py")
+    calls = []
+
+    def bench(name, device, dtype, batch, repeats, data, eager):
+        calls.append(batch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a stopped run raises in the middle of a row
+        return dict(circuit=name, batch=batch, step_seconds=1.0, per_sample_seconds=1.0 / batch, free_sweeps=2.0,
+                    achieved_flops_per_s=1.0, fraction_of_peak=0.5, matmul_peak_flops_per_s=2.0)
+
+    ep_step["bench"], ep_step["inputs"] = bench, lambda n: None
+    out = tmp_path / "steps.json"
+    monkeypatch.setattr(sys, "argv", ["ep_step.py", "--circuits", "xs", "--batches", "1,2", "--dtypes", "float32",
+                                      "--devices", "cpu", "--out", str(out)])
+    with pytest.raises(KeyboardInterrupt):
+        ep_step["main"]()
+    assert [row["batch"] for row in json.loads(out.read_text())["steps"]] == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["steps.json"]  # no temporary file left behind
