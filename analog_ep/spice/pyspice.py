@@ -42,7 +42,7 @@ def to_pyspice(circuit: Circuit):
     """The same circuit as a ``PySpice.Spice.Netlist.Circuit`` (SI values, same names)."""
     try:
         from PySpice.Spice.Netlist import Circuit as PyCircuit
-    except ImportError as e:  # pragma: no cover - depends on the environment
+    except ImportError as e:
         raise PySpiceMissing() from e
 
     c, nodes = circuit, circuit.nodes
