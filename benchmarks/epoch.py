@@ -53,9 +53,10 @@ def main() -> None:
     print(f"validation pass ({len(tr.data.y_val):,} images): {eval_s:.2f} s; last epoch's training step: "
           f"{(last - eval_s) / steps * 1e3:.2f} ms ({steps} steps of batch {cfg.data.batch_size})")
     out = args.out or ROOT / "benchmarks" / "results" / f"epoch_{cfg.name}_{device.replace(':', '')}.json"
-    write_results(str(out), config=str(args.config.resolve().relative_to(ROOT)) if args.config.resolve().is_relative_to(ROOT)
-                  else str(args.config), device=device, dtype=cfg.train.dtype, batch=cfg.data.batch_size,
-                  train_images=images, steps_per_epoch=steps, epochs=epochs, validation_seconds=eval_s,
+    config = args.config.resolve()
+    write_results(str(out), config=str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
+                  device=device, dtype=cfg.train.dtype, batch=cfg.data.batch_size, train_images=images,
+                  steps_per_epoch=steps, epochs=epochs, validation_seconds=eval_s,
                   validation_images=len(tr.data.y_val), step_seconds_last_epoch=(last - eval_s) / steps)
 
 
