@@ -36,14 +36,14 @@ def main() -> None:
     if args.train_subset is not None:
         cfg = cfg.updated(data=dict(train_subset=args.train_subset))
     tr = Trainer(cfg, device=device)
-    history = tr.fit(args.epochs, progress=False, loggers=())
+    loader = tr.train_loader()
+    history = tr.fit(args.epochs, progress=False, train=loader, loggers=())
     sync(device)
     t0 = time.perf_counter()
     tr.error(tr.data.x_val, tr.data.y_val)
     sync(device)
     eval_s = time.perf_counter() - t0
-    images = len(tr.data.x_train) if cfg.data.train_subset is None else min(cfg.data.train_subset, len(tr.data.x_train))
-    steps = -(-images // cfg.data.batch_size)
+    images, steps = len(loader.y), len(loader)
     epochs = [dict(epoch=m.epoch, seconds=m.seconds, train_error=m.train_error, val_error=m.val_error,
                    mean_sweeps=m.mean_sweeps) for m in history]
     last = history[-1].seconds

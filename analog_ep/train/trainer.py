@@ -225,6 +225,12 @@ class Trainer:
                 **{f"lr/{g['name']}": float(g["lr"]) for g in self.opt.param_groups},
                 **{f"model/{k}": float(v) for k, v in self.model.statistics().items()}}
 
+    def train_loader(self) -> ArrayLoader:
+        """The built-in dataset's training batches as the config asks (batch size, subset, shifts),
+        shuffled by the trainer's generator: what :meth:`fit` trains on by default."""
+        return ArrayLoader(self.data.x_train, self.data.y_train, self.cfg.data.batch_size, self.gen,
+                           limit=self.cfg.data.train_subset, shift=self.cfg.data.shift)
+
     def fit(self, epochs: int | None = None, progress: bool = True, train: Iterable | None = None,
             val: tuple | None = None, loggers: Sequence[EpochLogger] | None = None) -> list[Metrics]:
         """Train to ``epochs`` (default: the config's). ``train``: any iterable of ``(x, y)`` or
@@ -235,8 +241,7 @@ class Trainer:
         (default: those of the ``[log]`` table, :meth:`config_loggers`; ``()`` for none)."""
         total = self.cfg.train.epochs if epochs is None else epochs
         if train is None:
-            train = ArrayLoader(self.data.x_train, self.data.y_train, self.cfg.data.batch_size, self.gen,
-                                limit=self.cfg.data.train_subset, shift=self.cfg.data.shift)
+            train = self.train_loader()
         if val is None:
             val = (self.data.x_val, self.data.y_val)
         loggers = self.config_loggers() if loggers is None else list(loggers)
