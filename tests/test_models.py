@@ -277,6 +277,34 @@ def test_conv_model_step_is_sigma_of_dphi_ds_and_its_weight_update_is_eq_82():
     assert not torch.equal(m.step(x2, s)[2], fresh(x2)[2])
 
 
+def test_conv_model_memo_switch_recomputes_the_input_term_with_the_same_result():
+    """``memo = False`` recomputes the clamped input's pooled convolution at every step (one
+    convolution more per step than with the memo, counted at the dispatcher) and gives the
+    same states bit for bit."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Convolutions(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func.overloadpacket.__name__ == "convolution"
+            return func(*args, **(kwargs or {}))
+
+    m, x, _ = small_conv()
+    s0 = m.zeros(x.shape[0])
+    states, counts = {}, {}
+    for memo in (True, False):
+        m.memo = memo
+        with Convolutions() as c:
+            states[memo] = m.relax(x, s0, 5)
+        counts[memo] = c.n
+    assert counts[False] == counts[True] + 4, counts  # the memo computes it once in five steps
+    for a, b in zip(states[True], states[False]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_conv_model_gdu_holds_in_the_linear_range():
     """With every unit inside (0, 1) the hard-sigmoid P-conv dynamics are exactly s = ∂Φ/∂s, so
     Theorem 1 holds up to O(β) through convolution, max-pool and unpooling: RelMSE ≤ 1e-3 at

@@ -179,7 +179,12 @@ class ConvPrototypical(DiscreteModel):
     pooled convolution of its input-side neighbour and the transpose convolution of its
     output-side neighbour unpooled at that convolution's maxima (eq. 80). From the input side:
     ``channels`` feature maps per convolution layer, then the dense sizes ``fc`` (the output last);
-    convolutions ``kernel``×``kernel`` without padding, stride 1, pooling ``pool``×``pool``."""
+    convolutions ``kernel``×``kernel`` without padding, stride 1, pooling ``pool``×``pool``.
+    ``memo`` (default True): :meth:`step` reuses the clamped input's pooled convolution within a
+    phase; False recomputes it every step, with the same result (what
+    ``benchmarks/pconv.py`` times the memo against)."""
+
+    memo: bool = True
 
     def __init__(self, in_shape: tuple[int, int, int], channels: list[int], fc: list[int], kernel: int = 5,
                  pool: int = 2, act: str = "hardsigmoid", dtype=torch.float64, device="cpu", seed: int = 0,
@@ -230,7 +235,7 @@ class ConvPrototypical(DiscreteModel):
 
     def step(self, x, s, beta=0.0, y=None) -> list[torch.Tensor]:
         p = self.params
-        layers, terms = self._couplings(x, s, p, memo=True)
+        layers, terms = self._couplings(x, s, p, memo=self.memo)
         new = []
         for i, t in enumerate(s):
             pre = terms[i][0]
