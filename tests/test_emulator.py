@@ -1,5 +1,6 @@
 """The emulator's settle against ngspice, against its own energy, and its transient/noise modes."""
 
+import math
 import numpy as np
 import networkx as nx
 import pytest
@@ -444,7 +445,7 @@ def test_a_first_sweep_that_runs_out_of_newton_steps_is_not_checked(monkeypatch)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_colour_whose_last_newton_step_proves_its_residual_is_not_evaluated(monkeypatch, dtype):
     """A check after a sweep skips the last colour's residual where its last Newton step bounds
-    it (``_step_proven``: at most 0.38 of the tolerance). Evaluated anyway, it is within 0.4 of
+    it (``_step_flags``: at most 0.38 of the tolerance). Evaluated anyway, it is within 0.4 of
     the tolerance every time; the settle converges as before and its statistics, worked out
     when read, are the whole residual's."""
     import analog_ep.emulator.solvers as solvers
@@ -517,6 +518,90 @@ def test_newton_steps_until_the_first_small_one_are_stepping_one_by_one(monkeypa
     res = settle(cc, u, fused=True)
     if kernel.broken is None:
         assert [k for k in calls if k[0] == 4] == [(4, 4, True)] * res.iterations  # output layer: one call a sweep
+
+
+@pytest.mark.parametrize("bv", [math.inf, 0.8], ids=["no-breakdown", "breakdown-0.8V"])
+@pytest.mark.parametrize("rtol", [1e-10, 1e-5])
+def test_a_newton_step_that_proves_a_node_settled_bounds_its_residual(rtol, bv):
+    """``_step_flags`` node by node, after one Newton step of each colour from an equilibrium
+    whose colour was moved by 1e-7 to 0.3 V: every node the step proves (flag 1) has a KCL
+    residual (the whole circuit's, given the other colours) of at most 0.38 of its tolerance,
+    and every node the quadratic bound lets end (flag 0 where its step was not small) at most
+    0.1 of it. Float64, residuals evaluated directly; the bounds' claims hold with no slack.
+    The quadratic bound ends hundreds of the steps (of 1,664) that were not small. The same
+    holds with a breakdown voltage of 0.8 V, where the span also stops at each diode's
+    breakdown voltage."""
+    import analog_ep.emulator.solvers as solvers
+    from analog_ep.emulator.operators import assemble, inflow, residual
+
+    c = layered("12,9,4", seed=1, g_init=(1e-6, 1e-4), amplifier_gain=4.0, diode=DiodeModel(2.52e-9, 1.752, BV=bv),
+                clamp=(0.0, 1.0))
+    cc = compile_circuit(c)
+    u = cc.inputs_to_sources(torch.rand(16, 12, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 16)
+    ops, s = assemble(cc, u), settle(cc, u).s
+    tol = ops.D * rtol * u.abs().amax(1, keepdim=True)
+    g = torch.Generator().manual_seed(7)
+    ended_by_bound = {}
+    for scale in (1e-7, 1e-5, 1e-3, 0.3):
+        for c_, cols in enumerate(ops.M.cols):
+            sl, w = ops.dio.slots[c_], ops.dio.fixed_slots[c_]
+            x0 = s[:, cols] + scale * torch.randn(s[:, cols].shape, generator=g, dtype=s.dtype)
+            f, Dc = inflow(ops, s, c_, cols), ops.D[:, cols]
+            x, step, hess, curv, span = solvers._slot_newton_step(sl, w, x0, Dc, f)
+            moved = s.clone()
+            moved[:, cols] = x
+            ratio = (residual(cc, ops, moved, u)[:, cols].abs() / tol[:, cols])
+            small = solvers._step_small(step, hess, tol[:, cols])
+            for b in range(x.shape[0]):
+                for j in range(x.shape[1]):
+                    node = (slice(b, b + 1), slice(j, j + 1))
+                    may_end, proven = solvers._step_flags(step[node], hess[node], curv[node], span[node],
+                                                          tol[:, cols][node], x[node]).tolist()
+                    if proven:
+                        assert ratio[b, j] <= 0.38, (scale, c_, b, j, float(ratio[b, j]))
+                    if may_end and not small[b, j]:
+                        assert ratio[b, j] <= 0.1, (scale, c_, b, j, float(ratio[b, j]))
+                        ended_by_bound[scale] = ended_by_bound.get(scale, 0) + 1
+    assert sum(ended_by_bound.values()) >= 200, ended_by_bound
+
+
+def test_a_warm_started_settle_ends_each_colours_newton_after_the_step_the_bound_proves(monkeypatch):
+    """The nudged phase starts from the free state: after its first sweep (whose Newton
+    restarts at the diodes' knees), each colour's Newton ends after one step, some of them not
+    small (moving a node's current by more than a tenth of its tolerance), because the
+    quadratic bound of ``_step_flags`` proves the residual after them within a tenth of the
+    tolerance. Without that bound those steps would need a second, confirming step. The settle
+    converges to its tolerance all the same (float32, rtol 1e-5, residual evaluated)."""
+    import analog_ep.emulator.solvers as solvers
+    from analog_ep.emulator.operators import assemble
+
+    c = layered("12,9,4", seed=1, g_init=(1e-6, 1e-4), amplifier_gain=4.0, diode=DiodeModel(2.52e-9, 1.752),
+                clamp=(0.0, 1.0))
+    cc = compile_circuit(c, dtype=torch.float32)
+    u = cc.inputs_to_sources(torch.rand(16, 12, generator=torch.Generator().manual_seed(3)) * 16)
+    target = torch.rand(16, 4, generator=torch.Generator().manual_seed(4))
+    free = settle(cc, u)
+    steps, flags = solvers._slot_newton, solvers._step_flags
+    taken, ends = [], []
+
+    def newton(sl, w, x, Dc, f, inner, tol, restart, fused):
+        ends.clear()
+        out = steps(sl, w, x, Dc, f, inner, tol, restart, fused)
+        taken.append((len(ends), ends[-1]))
+        return out
+
+    def recorded(step, hess, curv, span, tol, x):
+        out = flags(step, hess, curv, span, tol, x)
+        ends.append((bool(out[0]), bool(solvers._step_small(step, hess, tol).all())))
+        return out
+
+    monkeypatch.setattr(solvers, "_slot_newton", newton)
+    monkeypatch.setattr(solvers, "_step_flags", recorded)
+    nudged = settle(cc, u, beta=1e-4, target=target, s0=free.s)
+    assert nudged.converged and nudged.rel_residual <= 1e-5
+    later = taken[len(assemble(cc, u).M.cols):]  # after the first sweep
+    assert later and all(n == 1 for n, _ in later), taken
+    assert any(end and not small for _, (end, small) in later), taken  # the bound, not a small step, ended them
 
 
 def test_node_voltages_read_a_layer_from_its_side_and_remember_where():

@@ -148,6 +148,15 @@ class Slots:
                 base = base + one
         return base
 
+    @staticmethod
+    def nearest(base: torch.Tensor, per_diode: list[torch.Tensor]) -> torch.Tensor:
+        """The least, node by node, of base (B, n_c) and each node's per-diode terms (per
+        group, as :meth:`currents` gives them)."""
+        for term in per_diode:
+            for one in _slot_slices(term, base.dim()):
+                base = torch.minimum(base, one)
+        return base
+
     def bounds(self, x: torch.Tensor, upper: list[torch.Tensor], lower: list[torch.Tensor]) -> torch.Tensor:
         """x (B, n_c) clipped to the tightest of its diodes' bounds (per group, as
         :meth:`currents` gives them): ``upper`` (finite) where κ > 0 and ``lower`` where κ < 0."""

@@ -25,6 +25,7 @@ budget, and returns an ``Outcome``. Each registers with its options and their de
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -168,18 +169,18 @@ def _slot_newton(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, 
     parts of its diodes' voltages (V), D (S) and f (A) its conductance and inflow, ``tol`` its
     tolerance (A). With ``restart`` (a settle's first sweep: its start may be the linear first
     guess, far into forward bias), a start beyond a diode's knee restarts at the knee; rises
-    are limited by :func:`_allowed_rise`; the steps end once :func:`_step_small`. ``fused``:
-    compiled (:func:`_slot_newton_steps`), the first two steps as one kernel (a warm-started
-    node usually needs one step and a second to confirm it), any further ones one by one; a
-    colour of at most ``_ALL_AT_ONCE`` nodes over the batch (an output layer), where a kernel
-    call costs more than its steps, runs all ``inner`` of them in one call that keeps what the
-    steps up to the first small one give (the same result as stepping one by one). Returns x,
-    whether the last step was small and whether it proves the residual at x within tolerance
-    (:func:`_step_proven`)."""
+    are limited by :func:`_allowed_rise`; the steps end once :func:`_step_flags` allows it
+    (every node's step small, or its residual bounded to a tenth of its tolerance: one step
+    where the start was warm). ``fused``: compiled (:func:`_slot_newton_steps`), one kernel
+    call per step; a colour of at most ``_ALL_AT_ONCE`` nodes over the batch (an output
+    layer), where a kernel call costs more than its steps, runs all ``inner`` of them in one
+    call that keeps what the steps up to the first that may end give (the same result as
+    stepping one by one). Returns x, whether the steps ended there and whether they prove the
+    residual at x within tolerance (:func:`_step_flags`)."""
     taken, done, proven = 0, False, False
     if fused:
         at_once = x.numel() <= _ALL_AT_ONCE
-        first = inner if at_once else min(2, inner)
+        first = inner if at_once else 1
         x, flags = _slot_newton_steps(sl, w, x, Dc, f, tol, first, restart, at_once, fused=True)
         (done, proven), taken = flags.tolist(), first
     elif restart:
@@ -196,16 +197,17 @@ def _slot_newton_steps(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Te
                        until_small: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``steps`` steps of :func:`_slot_newton` (after the knee start, with ``restart``) with
     no test between them, so that compiled they are one kernel: the new x (B, n_c), V, and
-    (2,) bools: whether the last step was small (:func:`_step_small`) and whether it proves
-    the residual at the new x within tolerance (:func:`_step_proven`). With ``until_small``,
-    the steps after the first small one are not kept: x and the flags are those of that step."""
+    the (2,) bools of :func:`_step_flags` for the last step: whether the steps may end there
+    and whether they prove the residual at the new x within tolerance. With ``until_small``,
+    the steps after the first that may end are not kept: x and the flags are those of that
+    step."""
     if restart:
         x = _knee_start(sl, w, x)
     flags = torch.zeros(2, dtype=torch.bool, device=x.device)
-    done = flags[0]  # with until_small: whether a step has been small
+    done = flags[0]  # with until_small: whether a step has ended the steps
     for _ in range(steps):
-        moved, step, hess = _slot_newton_step(sl, w, x, Dc, f)
-        now = torch.stack([_step_small(step, hess, tol), _step_proven(step, hess, tol, moved, sl.step_cap)])
+        moved, step, hess, curv, span = _slot_newton_step(sl, w, x, Dc, f)
+        now = _step_flags(step, hess, curv, span, tol, moved)
         if until_small:
             x, flags, done = torch.where(done, x, moved), torch.where(done, flags, now), done | now[0]
         else:
@@ -219,10 +221,14 @@ def _knee_start(sl: Slots, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return sl.bounds(x, knee, knee)
 
 
-def _slot_newton_step(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor,
-                      f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step of :func:`_slot_newton`: the new x (B, n_c), V, the step taken (V) and the
-    Hessian (S) it was taken with."""
+def _slot_newton_step(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Tensor, f: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of :func:`_slot_newton`: the new x (B, n_c), V, the step taken (V), the Hessian
+    (S) it was taken with, and what :func:`_step_flags` needs to bound the residual at the new
+    x: the diodes' curvature Σ |κ|³ I′/(N V_T) (S/V) at the old x, and the span (V): the
+    longest move of x over which every diode's I′ grows by at most e^(4/3·|κ|·move/(N V_T)),
+    the least over the node's diodes of N V_T/|κ| and, where a diode can break down, of its
+    distance |v + xbv|/|κ| to the breakdown voltage (I′ jumps there)."""
     groups, per_group = sl.groups(), sl.currents(w, x)
     kap = [sl.part("kap", g) for g in groups]
     grad = sl.add(Dc * x - f, [k * i for k, (_, i, _) in zip(kap, per_group)])
@@ -231,28 +237,53 @@ def _slot_newton_step(sl: Slots, w: torch.Tensor, x: torch.Tensor, Dc: torch.Ten
     rise = [_allowed_rise(v, sl.part("vcrit", g), sl.part("nvt", g), k * sl.at(step, g), sl.part("inv_nvt", g))
             * sl.part("inv_akap", g) for g, k, (v, _, _) in zip(groups, kap, per_group)]
     step = sl.bounds(step, rise, [-r for r in rise])
-    return x + step, step, hess
+    curv = sl.add(torch.zeros_like(x), [k.abs() * k * k * di * sl.part("inv_nvt", g)
+                                        for g, k, (_, _, di) in zip(groups, kap, per_group)])
+    span = sl.step_cap.expand_as(x)
+    if sl.xbv is not None:  # the distance to the nearest breakdown voltage, where shorter
+        gaps = [(v + sl.part("xbv", g)).abs() / k.abs() for g, k, (v, _, _) in zip(groups, kap, per_group)]  # inf: padding
+        span = sl.nearest(span, gaps)
+    return x + step, step, hess, curv, span
 
 
 def _step_small(step: torch.Tensor, hess: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
-    """Whether a node-wise Newton step (V) moved every node's current, hess·|step| (S·V), by
-    less than a tenth of its tolerance (A), as a 0-d bool tensor: its remaining error is then of
-    second order, and further steps within this sweep change nothing the stopping rule can see."""
-    return (hess * step.abs() <= 0.1 * tol).all()
+    """Node by node, whether a Newton step (V) moved the node's current, hess·|step| (S·V), by
+    at most a tenth of its tolerance (A): its remaining error is then of second order, and
+    further steps within this sweep change nothing the stopping rule can see."""
+    return hess * step.abs() <= 0.1 * tol
 
 
-def _step_proven(step: torch.Tensor, hess: torch.Tensor, tol: torch.Tensor, x: torch.Tensor,
-                 cap: torch.Tensor) -> torch.Tensor:
-    """Whether a node-wise Newton step (V) to x (B, n_c), V, bounds every node's KCL residual at
-    x below 0.38 of its tolerance ``tol`` (A), as a 0-d bool tensor. The step was the Newton
-    step h = −r/H (no rise limit acted: that needs |κ h| ≥ 2 N V_T), and x = x_old + h + δ
-    with δ the rounding of x (|δ| ≤ ε|x|), so r(x) = H δ + ∫ (r′ − H) over the move, whose
-    length is at most m = |h| + ε|x|. Over it each diode's conductance I′ grows by at most
-    e^(4/3) when |κ|·m ≤ N V_T (I″/I′ is 1/(N V_T) on the exponential branches and 4/|v| ≤
-    4/(3 N V_T) on the reverse cubic), so |r(x)| ≤ e^(4/3)·H·m ≤ 0.38·tol when H·m ≤ 0.1·tol
-    and m ≤ ``cap`` (per node, min over its diodes of N V_T/|κ|, V)."""
-    moved = step.abs() + torch.finfo(x.dtype).eps * x.abs()
-    return ((hess * moved <= 0.1 * tol) & (moved <= cap)).all()
+def _step_flags(step: torch.Tensor, hess: torch.Tensor, curv: torch.Tensor, span: torch.Tensor, tol: torch.Tensor,
+                x: torch.Tensor) -> torch.Tensor:
+    """Whether node-wise Newton steps may end, and whether they prove the KCL residual at the
+    new x (B, n_c), V, within tolerance: (2,) bools, from the step h (V), the Hessian H (S),
+    the curvature c (S/V) and the span (V) of :func:`_slot_newton_step`, and the tolerance
+    ``tol`` (A).
+
+    Where the move is within the span, no rise limit acted (that needs |κ h| ≥ 2 N V_T), so h
+    is the Newton step −r_old/H, and x = x_old + h + δ with δ the rounding of x (|δ| ≤ ε|x|):
+    r(x) = (r_old + H h) + ∫ (r′ − H) over the move, whose length is at most m = |h| + ε|x|,
+    and the first term is the rounding of h, at most ε H |h|. Over the move each diode's I′
+    grows by at most e^a, a = 4/3·|κ|·m/(N V_T) (I″/I′ is 1/(N V_T) on the exponential
+    branches and 4/|v| ≤ 4/(3 N V_T) on the reverse cubic, and I′ is continuous where they
+    meet). Two bounds on |r(x)| follow:
+
+    * linear: e^(4/3)·H·m ≤ 0.38·tol where H·m ≤ 0.1·tol and m ≤ span;
+    * quadratic (Newton's): ε H (|h| + |x|) + (e − 1)·4/3·m²·c, with e^a − 1 ≤ (e − 1)·a
+      for a ≤ 1 (m ≤ ¾ span) and c = Σ |κ|³ I′/(N V_T) at x_old. A node where this is at
+      most 0.1·tol is settled: one step settles it wherever its diodes are off or the step
+      is short, as in a warm-started sweep.
+
+    Flag 0 (the steps may end): every node is settled or its step moved its current by at
+    most a tenth of its tolerance (:func:`_step_small`). Flag 1 (the residual is proven within
+    tolerance, and a check need not evaluate it): every node is settled or meets the linear
+    bound."""
+    eps = torch.finfo(x.dtype).eps
+    moved = step.abs() + eps * x.abs()
+    quadratic = hess * eps * (step.abs() + x.abs()) + (4.0 / 3.0 * (math.e - 1.0)) * moved * moved * curv
+    settled = (quadratic <= 0.1 * tol) & (moved <= 0.75 * span)
+    linear = (hess * moved <= 0.1 * tol) & (moved <= span)
+    return torch.stack([(settled | _step_small(step, hess, tol)).all(), (settled | linear).all()])
 
 
 def _allowed_rise(vd: torch.Tensor, vcrit: torch.Tensor, nvt: torch.Tensor, proposed: torch.Tensor,
@@ -276,9 +307,10 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
     the settle's tolerance; with ``restart`` (the first sweep), Newton starts no further into
     forward bias than the knee; ``fused``: the node-by-node Newton's steps as compiled kernels.
     Returns s, (the last colour, its inflow, A), which is still its inflow at the new s,
-    whether the last colour's Newton steps ended small (:func:`_step_small`; True without
-    Shockley diodes), and whether they prove its residual within tolerance (:func:`_step_proven`:
-    node-by-node Newton alone, no ideal clamp clipping after it)."""
+    whether the last colour's Newton steps ended before running out (:func:`_step_flags`,
+    or small steps on the gathered layout: :func:`_step_small`; True without Shockley diodes),
+    and whether they prove its residual within tolerance (:func:`_step_flags`: node-by-node
+    Newton alone, no ideal clamp clipping after it)."""
     dio = ops.dio
     for c, colour in enumerate(ops.M.cols):
         small, proven = True, False
@@ -308,7 +340,7 @@ def _bcd_sweep(cc: Compiled, ops: Operators, s: torch.Tensor, inner: int, tol: t
                 rise = _allowed_rise(vd, vcrit, nvt, shock.kap * step[:, shock.loc]) / akap
                 step = _limit_step(step, shock.loc, shock.kap, rise)
                 x = x + step
-                small = bool(_step_small(step, hess, tol[:, colour]))
+                small = bool(_step_small(step, hess, tol[:, colour]).all())
                 if small:
                     break
         else:  # no Shockley diode: the conductance-weighted mean is exact
@@ -330,11 +362,11 @@ def _bcd_run(problem: Problem, s: torch.Tensor, max_iters: int, inner: int, chec
     reporting a stall, at a check where the worst residual-to-tolerance ratio max_i |r_i|/tol_i
     has fallen by less than a factor ``drop`` since the last check at least ``window`` sweeps
     earlier. The sweeps and checks are the same with or without it. The first sweep is not
-    checked where its last colour's Newton steps did not end small (it started from the first
+    checked where its last colour's Newton steps ran out (it started from the first
     guess and ran out of steps: its residual is above tolerance but for a fluke, and the next
     check decides; a check costs about a sweep of the largest colour). A check does not
     evaluate the last colour's residual where its last Newton step proves it within tolerance
-    (:func:`_step_proven`); the outcome then carries no residual (the settle works it out if
+    (:func:`_step_flags`); the outcome then carries no residual (the settle works it out if
     asked)."""
     it, r, s = 0, None, s.clone()  # the sweeps update it in place
     whole = True  # whether r is the whole residual (not where a colour was proven)
