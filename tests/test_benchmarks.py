@@ -226,3 +226,36 @@ def test_ep_step_keeps_the_rows_measured_before_a_failure(tmp_path, benchmarks_o
         ep_step["main"]()
     assert [row["batch"] for row in json.loads(out.read_text())["steps"]] == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["steps.json"]  # no temporary file left behind
+
+
+def test_step_profile_counts_each_operation_once_in_its_kind(benchmarks_on_path):
+    """benchmarks/step_profile.py: an operation is counted at its outermost level (the product
+    inside ``matmul`` with the matmul), in its kind (dense products, compiled kernels, the fused
+    Adam, other operations by name); on a real eager XS step the kinds and the rest add up to
+    the profiled step (no wall-clock value is asserted)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sp = script_globals("step_profile.py")
+    twice = torch.compile(lambda t: t * 2 + 1)
+    a, b = torch.rand(64, 64), torch.rand(64, 64)
+    w = torch.nn.Parameter(torch.rand(8))
+    opt = torch.optim.Adam([w], fused=True)
+    w.grad = torch.ones(8)
+    twice(a)  # compiled outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        a @ b
+        twice(a)
+        opt.step()
+        a.sum()
+    kinds = sp["categorise"](prof.events(), 1)
+    assert {"dense products", "compiled kernels", "optimizer", "other: sum"} <= set(kinds)
+    matmuls = [e for e in prof.events() if e.name == "aten::matmul"]
+    assert len(matmuls) == 1 and kinds["dense products"] == pytest.approx(matmuls[0].cpu_time_total / 1e3)
+    assert not any(k in ("other: mm", "other: add", "other: mul") for k in kinds)  # inside matmul, the compiled graph
+
+    row = sp["run"]("xs", 2, "float32", 2, 1, True, "cpu")
+    assert row["fused"] is False and row["compiled_kernels_ms"] == 0.0 and len(row["step_ms_unprofiled_all"]) == 2
+    assert row["dense_products_ms"] > 0 and row["optimizer_ms"] > 0 and row["other_operations_ms"] > 0
+    parts = row["dense_products_ms"] + row["optimizer_ms"] + row["other_operations_ms"]
+    assert row["python_dispatch_guards_ms"] == pytest.approx(row["step_ms_profiled"] - parts)
+    assert row["other_operations_ms"] == pytest.approx(sum(row["other_operations"].values()))
