@@ -528,7 +528,7 @@ def test_a_newton_step_that_proves_a_node_settled_bounds_its_residual(rtol, bv):
     residual (the whole circuit's, given the other colours) of at most 0.38 of its tolerance,
     and every node the quadratic bound lets end (flag 0 where its step was not small) at most
     0.1 of it. Float64, residuals evaluated directly; the bounds' claims hold with no slack.
-    The quadratic bound ends hundreds of the 832 steps, steps that were not small. The same
+    Of the 832 node steps, the quadratic bound ends hundreds that were not small. The same
     holds with a breakdown voltage of 0.8 V, where the span also stops at each diode's
     breakdown voltage."""
     import analog_ep.emulator.solvers as solvers
