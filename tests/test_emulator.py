@@ -481,9 +481,9 @@ def test_a_colour_whose_last_newton_step_proves_its_residual_is_not_evaluated(mo
 
 def test_newton_steps_until_the_first_small_one_are_stepping_one_by_one(monkeypatch):
     """A small colour's fused Newton runs all its steps in one kernel call, keeping what the
-    steps up to the first small one give: x and the flags are bit for bit those of stepping one
-    by one and stopping there (run eagerly here: the same function the kernel compiles), and a
-    fused settle makes one such call per sweep for the output layer."""
+    steps up to the first that may end (``_step_flags``) give: x and the flags are bit for bit
+    those of stepping one by one and stopping there (run eagerly here: the same function the
+    kernel compiles), and a fused settle makes one such call per sweep for the output layer."""
     import analog_ep.emulator.solvers as solvers
     from analog_ep.emulator.operators import assemble, inflow
 
