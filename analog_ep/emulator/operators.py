@@ -143,19 +143,13 @@ class Slots:
     def add(base: torch.Tensor, per_diode: list[torch.Tensor]) -> torch.Tensor:
         """base (B, n_c) plus each node's per-diode terms (per group: (B, n_c) or (B, k, n_c)),
         in incidence order."""
-        for term in per_diode:
-            for one in _slot_slices(term, base.dim()):
-                base = base + one
-        return base
+        return _fold(torch.add, base, per_diode)
 
     @staticmethod
     def nearest(base: torch.Tensor, per_diode: list[torch.Tensor]) -> torch.Tensor:
         """The least, node by node, of base (B, n_c) and each node's per-diode terms (per
         group, as :meth:`currents` gives them)."""
-        for term in per_diode:
-            for one in _slot_slices(term, base.dim()):
-                base = torch.minimum(base, one)
-        return base
+        return _fold(torch.minimum, base, per_diode)
 
     def bounds(self, x: torch.Tensor, upper: list[torch.Tensor], lower: list[torch.Tensor]) -> torch.Tensor:
         """x (B, n_c) clipped to the tightest of its diodes' bounds (per group, as
@@ -166,6 +160,16 @@ class Slots:
         for up, down in zip(ups[1:], downs[1:]):
             hi, lo = torch.minimum(hi, up), torch.maximum(lo, down)
         return torch.minimum(torch.maximum(x, lo), hi)
+
+
+def _fold(op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], base: torch.Tensor,
+          per_diode: list[torch.Tensor]) -> torch.Tensor:
+    """base (B, n_c) combined by ``op`` with each node's per-diode terms in turn, slot by slot
+    in incidence order (per group: (B, n_c) or (B, k, n_c))."""
+    for term in per_diode:
+        for one in _slot_slices(term, base.dim()):
+            base = op(base, one)
+    return base
 
 
 def _slot_slices(t: torch.Tensor, node_dim: int) -> list[torch.Tensor]:
