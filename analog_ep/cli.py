@@ -395,11 +395,11 @@ def train(
     from contextlib import nullcontext
 
     from .studies.run import finish_run
-    from .train import Config, Trainer, TrainingError, load_checkpoint
+    from .train import Config, Trainer, TrainingError, load_checkpoint, read_checkpoint
     from .train.distributed import init_from_env
     from .train.files import run_lock
     from .train.logs import summary_writer_class
-    from .train.trainer import CHECKPOINT
+    from .train.trainer import BEST, CHECKPOINT
 
     device = _torch_device(torch_device, device)
     cfg = Config.load(config)
@@ -436,15 +436,19 @@ def train(
             _fail(str(e))
         done = finish_run(trainer, out)
         dist.close()  # every rank waits for rank 0's files, then leaves the group
+    best = read_checkpoint(out / BEST)[1] if (out / BEST).exists() else None
+    best = best and dict(checkpoint=str(out / BEST), epoch=best["epoch"], val_error=best["history"][-1]["val_error"])
     if as_json:
         log = trainer.cfg.log
         say(json.dumps(dict(config=cfg.name, out=str(out), checkpoint=str(ckpt), epoch=trainer.epoch,
                             test_error=done["test_error"], n=done["n"], history=[m.__dict__ for m in trainer.history],
                             wrote=done["wrote"], tensorboard=(log.tensorboard_dir or str(out / "tensorboard"))
-                            if log.tensorboard else None)))
+                            if log.tensorboard else None, best=best)))
     else:
         say(f"test error {100 * done['test_error']:.2f} % on {done['n']} images; wrote {ckpt}, metrics.csv/json, "
-            f"{', '.join(Path(p).name for p in done['wrote'])} in {out}")
+            f"{', '.join(Path(p).name for p in done['wrote'])} in {out}"
+            + (f"; the lowest validation error, {100 * best['val_error']:.2f} % (epoch {best['epoch']}), is kept "
+               f"in {BEST}" if best else ""))
 
 
 @app.command(rich_help_panel=TRAINING)

@@ -95,6 +95,8 @@ def test_train_json_and_torch_device(tmp_path):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["epoch"] == 1 and len(out["history"]) == 1 and 0 <= out["test_error"] <= 1 and out["n"] == 300
     assert out["checkpoint"] == str(tmp_path / "run" / "checkpoint.pt") and out["tensorboard"] is None
+    assert out["best"] == dict(checkpoint=str(tmp_path / "run" / "checkpoint_best.pt"), epoch=1,
+                               val_error=out["history"][0]["val_error"])
     assert "warning" not in res.stderr
 
 

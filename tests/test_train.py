@@ -193,6 +193,30 @@ def test_kill_and_resume_gives_the_same_run(tmp_path):
     assert [m.train_loss for m in resumed.history] == [m.train_loss for m in full.history]
 
 
+def test_the_first_epoch_with_the_lowest_validation_error_is_kept_as_a_full_checkpoint(tmp_path, monkeypatch):
+    """checkpoint_best.pt holds the state after the first epoch with the run's lowest validation
+    error (scripted errors 0.30, 0.20, 0.25, 0.20: epoch 2, the tie at 4 does not replace it),
+    bit for bit that of a run stopped there, and resumes like checkpoint.pt; a better epoch
+    after --resume replaces it."""
+    script = [0.30, 0.20, 0.25, 0.20, 0.10]
+    monkeypatch.setattr(Trainer, "error", lambda self, x, y, on_batch=None: script[len(self.history)])
+    run = Trainer(tiny_config(epochs=4), data=DIGITS, out=tmp_path / "run")
+    run.fit(progress=False)
+    two = Trainer(tiny_config(epochs=2), data=DIGITS)
+    two.fit(progress=False)
+    best = load_checkpoint(tmp_path / "run" / "checkpoint_best.pt", data=DIGITS)
+    assert best.epoch == 2 and [m.val_error for m in best.history] == [0.30, 0.20]
+    for k in two.keys:
+        torch.testing.assert_close(best.params[k], two.params[k], rtol=0, atol=0)
+    assert best.out is None  # trains on without writing over the run it came from
+    best.out = tmp_path / "branch"
+    best.fit(epochs=3, progress=False)  # resumes from epoch 2 like any checkpoint
+    assert best.epoch == 3 and best.history[-1].val_error == 0.25 and (tmp_path / "branch" / "checkpoint.pt").exists()
+    assert load_checkpoint(tmp_path / "run", data=DIGITS).epoch == 4
+    run.fit(epochs=5, progress=False)  # extended: epoch 5 is better
+    assert load_checkpoint(tmp_path / "run" / "checkpoint_best.pt", data=DIGITS).epoch == 5
+
+
 def test_lr_decay_schedule_and_extending_a_run_on_resume(tmp_path):
     """A run extended with a decay on --resume equals one configured with that schedule from the start."""
     sched = dict(epochs=3, lr_decay=0.5, lr_decay_from=1)

@@ -23,6 +23,7 @@ from .logs import EpochLogger, Metrics, TensorBoardLogger
 from .progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "checkpoint_best.pt"  # the epoch with the lowest validation error so far, as a full checkpoint
 
 
 class TrainingError(RuntimeError):
@@ -136,10 +137,15 @@ class Trainer:
         return self.out is not None and self.dist.is_main
 
     def save(self) -> Path:
-        """Write the checkpoint atomically (a kill mid-write leaves the previous one)."""
+        """Write the checkpoint atomically (a kill mid-write leaves the previous one), and the
+        same state to :data:`BEST` when the latest epoch's validation error is below every
+        earlier epoch's (the first epoch to reach the run's lowest keeps it). ``BEST`` is a
+        full checkpoint: it evaluates, exports, and resumes from that epoch."""
         assert self.writes
         state = self.state()
         path = atomic_write(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        if self.history and self.history[-1].val_error < min((h.val_error for h in self.history[:-1]), default=math.inf):
+            atomic_write(self.out / BEST, lambda tmp: torch.save(state, tmp))
         self.saved_epoch = self.epoch
         return path
 
@@ -347,14 +353,18 @@ def load_checkpoint(path: str | Path, device: str = "cpu", data: Dataset | None 
                     dist: Dist | None = None) -> Trainer:
     """A Trainer restored from a checkpoint file or run directory (:func:`read_checkpoint`),
     its config checked (:meth:`Config.from_stored`) and its parameters checked against the
-    model the config describes: CheckpointError naming the file and the first misfit."""
+    model the config describes: CheckpointError naming the file and the first misfit. Its run
+    directory (where training on writes) is the file's directory where the file is that
+    directory's :data:`CHECKPOINT`; from any other file (:data:`BEST`, a copy, a packed
+    checkpoint) it has none until ``out`` is set, so that it cannot overwrite the run it came from."""
     path, state = read_checkpoint(path)
+    own = path.name == CHECKPOINT
     try:
         cfg = Config.from_stored(state["config"])
-        trainer = Trainer(cfg, device=device, out=path.parent, data=data, dist=dist, initialise=False)
+        trainer = Trainer(cfg, device=device, out=path.parent if own else None, data=data, dist=dist, initialise=False)
         trainer.load_state(state)
     except (ValueError, TypeError, KeyError, RuntimeError) as e:  # RuntimeError: torch's optimizer/RNG state checks
         raise CheckpointError(f"{path}: {_gist(e)}") from None
-    if path == trainer.out / CHECKPOINT:
+    if own:
         trainer.saved_epoch = trainer.epoch
     return trainer
