@@ -105,6 +105,20 @@ def step_flops(tr: Trainer, x, y) -> float:
     return float(counter.flops)
 
 
+def timed_steps(tr: Trainer, batches, device: str) -> tuple[list[float], list[int]]:
+    """The wall time (s) and the free-phase sweeps of one ``Trainer.step`` per ``(x, y)`` batch,
+    each timed between device synchronisations."""
+    times, sweeps = [], []
+    for x, y in batches:
+        sync(device)
+        t0 = time.perf_counter()
+        _, _, it = tr.step(x, y)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        sweeps.append(it)
+    return times, sweeps
+
+
 def step_config(config_cls: type, layers: str, dtype: str, eager: bool):
     """``examples/mnist_1h.toml`` with the given layers, dtype (tf32: float32 storage) and one
     learning rate, fused as the config says unless ``eager``; ``config_cls`` is the Config of the
@@ -129,14 +143,7 @@ def bench(name: str, device: str, dtype: str, batch: int, repeats: int, data, ea
         tr.step(x, y)
     rate = MatmulRate(device, torch.float64 if dtype == "float64" else torch.float32)
     peaks = [rate.measure() for _ in range(5)]
-    times, sweeps = [], []
-    for x, y in batches[2:]:
-        sync(device)
-        t0 = time.perf_counter()
-        _, _, it = tr.step(x, y)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-        sweeps.append(it)
+    times, sweeps = timed_steps(tr, batches[2:], device)
     peaks += [rate.measure() for _ in range(5)]
     sec, peak = statistics.median(times), statistics.median(peaks)
     flops = step_flops(tr, *batches[0])

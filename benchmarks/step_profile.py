@@ -33,7 +33,7 @@ from typing import Iterable
 from torch.profiler import ProfilerActivity, profile
 
 from analog_ep.train import Config, Trainer
-from ep_step import CIRCUITS, inputs, step_config, write_results
+from ep_step import CIRCUITS, inputs, step_config, timed_steps, write_results
 from torch_devices import add_devices_option, parse_devices, sync
 
 DENSE = {"aten::addmm", "aten::addmm_", "aten::mm", "aten::matmul", "aten::bmm", "aten::baddbmm", "aten::linear",
@@ -80,13 +80,7 @@ def run(circuit: str, batch: int, dtype: str, steps: int, warmup: int, eager: bo
     batches = [(xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch]) for i in range(warmup + 2 * steps)]
     for x, y in batches[:warmup]:
         tr.step(x, y)
-    plain = []
-    for x, y in batches[warmup:warmup + steps]:
-        sync(device)
-        t0 = time.perf_counter()
-        tr.step(x, y)
-        sync(device)
-        plain.append((time.perf_counter() - t0) * 1e3)
+    plain = [t * 1e3 for t in timed_steps(tr, batches[warmup:warmup + steps], device)[0]]
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         for x, y in batches[warmup + steps:]:
