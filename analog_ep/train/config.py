@@ -162,7 +162,9 @@ class TrainConfig:
     epochs: int = setting(10, ge=0)
     optimizer: str = setting("adam", choices=("sgd", "adam"))
     lr: list[float] = setting([2e-7, 2e-7], gt=0)  # per layer (or one for all), S per step (Adam) or S²/V² (SGD)
-    lr_decay: float = setting(1.0, gt=0, le=1)  # learning rates x lr_decay per epoch from epoch lr_decay_from on
+    # the rates in (0-based) epoch e: lr · lr_decay^max(0, e − lr_decay_from); epoch lr_decay_from
+    # still runs at lr, the one after it at lr · lr_decay
+    lr_decay: float = setting(1.0, gt=0, le=1)
     lr_decay_from: int = setting(0, ge=0)
     momentum: float = setting(0.0, ge=0)
     weight_decay: float = setting(0.0, ge=0)  # L2 penalty: each step also moves θ by −lr·weight_decay·θ (torch.optim's)
