@@ -436,8 +436,10 @@ def train(
             _fail(str(e))
         done = finish_run(trainer, out)
         dist.close()  # every rank waits for rank 0's files, then leaves the group
-    best = read_checkpoint(out / BEST)[1] if (out / BEST).exists() else None
-    best = best and dict(checkpoint=str(out / BEST), epoch=best["epoch"], val_error=best["history"][-1]["val_error"])
+    best = None  # the epoch checkpoint_best.pt holds (rank 0 reports it)
+    if dist.is_main and (out / BEST).exists():
+        state = read_checkpoint(out / BEST)[1]
+        best = dict(checkpoint=str(out / BEST), epoch=state["epoch"], val_error=state["history"][-1]["val_error"])
     if as_json:
         log = trainer.cfg.log
         say(json.dumps(dict(config=cfg.name, out=str(out), checkpoint=str(ckpt), epoch=trainer.epoch,
