@@ -119,6 +119,12 @@ def fetch_mnist(cache: Path | None = None) -> Path:
     return npz
 
 
+def _mnist_images(stored: np.ndarray) -> np.ndarray:
+    """The float32 images of a cached MNIST array: its uint8 pixel steps k as k/256 (exact), or
+    the float32 images themselves in a cache written by earlier versions."""
+    return stored if stored.dtype == np.float32 else stored.astype(np.float32) / np.float32(PIXEL_STEP)
+
+
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (optionally gzipped): magic (0, 0, dtype, ndim), big-endian sizes, data."""
     raw = Path(path).read_bytes()
@@ -145,8 +151,7 @@ def load_dataset(name: str, cache: Path | None = None) -> Dataset:
     or ``digits`` (scikit-learn's 1,797 8x8 images: seeded 1,197 train / 300 val / 300 test)."""
     if name == "mnist":
         with np.load(fetch_mnist(cache), allow_pickle=False) as z:
-            x = {k: z[k] for k in ("x_train", "x_val", "x_test")}  # each read (and inflated) once
-            x = {k: v if v.dtype == np.float32 else v.astype(np.float32) / np.float32(PIXEL_STEP) for k, v in x.items()}
+            x = {k: _mnist_images(z[k]) for k in ("x_train", "x_val", "x_test")}
             return Dataset("mnist", x["x_train"], z["y_train"], x["x_val"], z["y_val"], x["x_test"], z["y_test"],
                            "MNIST 50,000 train / 10,000 validation / 10,000 test (the mnist.pkl.gz split)")
     if name == "fashion":
