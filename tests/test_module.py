@@ -199,3 +199,24 @@ def test_pretrained_checkpoint_evaluates_as_before(path):
     V, pred = tr.predict(data.x_test[:expect["subset"]])
     assert int((pred != torch.as_tensor(data.y_test[:expect["subset"]])).sum()) == expect["wrong"]
     assert float(V.double().sum()) == pytest.approx(expect["out_sum"], rel=1e-4)
+
+
+@pytest.mark.parametrize("run", sorted(p.parent.name for p in ROOT.glob("examples/in_progress/*/checkpoint.pt")))
+def test_an_in_progress_checkpoint_resumes_where_its_log_stops(run):
+    """A long run stopped for time (``examples/in_progress/<run>/``) is committed as a full
+    checkpoint so that a later session continues it exactly: the file loads as training state
+    (optimizer and generator included), at the epoch its ``metrics.csv`` ends with, with the
+    same per-epoch validation errors, and the example config of the same name (what the command
+    that continues it passes) is one ``--resume`` accepts for it."""
+    import csv
+
+    from analog_ep.train import Config, load_checkpoint, read_checkpoint
+
+    where = ROOT / "examples" / "in_progress" / run
+    _, state = read_checkpoint(where / "checkpoint.pt")
+    assert {"optimizer", "rng"} <= set(state), "not a full checkpoint: it cannot resume exactly"
+    tr = load_checkpoint(where / "checkpoint.pt")
+    rows = list(csv.DictReader((where / "metrics.csv").open()))
+    assert tr.epoch == len(rows) == int(rows[-1]["epoch"])
+    assert [h.val_error for h in tr.history] == pytest.approx([float(r["val_error"]) for r in rows], abs=1e-12)
+    tr.cfg.resumable_with(Config.load(ROOT / "examples" / f"{run}.toml"))  # ValueError where it is not
