@@ -216,7 +216,7 @@ def test_an_in_progress_checkpoint_resumes_where_its_log_stops(run):
     _, state = read_checkpoint(where / "checkpoint.pt")
     assert {"optimizer", "rng"} <= set(state), "not a full checkpoint: it cannot resume exactly"
     tr = load_checkpoint(where / "checkpoint.pt")
-    rows = list(csv.DictReader((where / "metrics.csv").open()))
+    rows = list(csv.DictReader((where / "metrics.csv").read_text().splitlines()))
     assert tr.epoch == len(rows) == int(rows[-1]["epoch"])
     assert [h.val_error for h in tr.history] == pytest.approx([float(r["val_error"]) for r in rows], abs=1e-12)
     tr.cfg.resumable_with(Config.load(ROOT / "examples" / f"{run}.toml"))  # ValueError where it is not
